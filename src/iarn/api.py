@@ -1,0 +1,91 @@
+"""Image-level helpers: Pillow images, uint8 arrays and `Picture`s through a model.
+
+The tensor API is `IARN.downscale` / `IARN.upscale`; these wrap it with the image policy of
+`iarn.imageio` (alpha, grayscale, ICC) and stream uint8 pixels through the tiler, so a large
+image never exists as a float copy of the input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .geometry import Size, target_size
+from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
+from .model import IARN
+from .tiling import tiled_downscale, tiled_upscale
+
+
+def _rgb_tensor(picture: Picture, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].to(device)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return x[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+
+
+def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
+    if alpha is None:
+        return None
+    plane = torch.from_numpy(alpha)[None, None].float() / 255
+    plane = F.interpolate(plane, size=size, mode="bicubic", antialias=True, align_corners=False)
+    return plane[0, 0].mul(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
+
+
+def _device(model: IARN) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.inference_mode()
+def downscale_picture(
+    model: IARN, picture: Picture, size: Size | None = None, scale=None, tile: int | None = None
+) -> Picture:
+    """HR picture -> LR picture of `size` (h, w) or `scale`."""
+    lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
+    lr = tiled_downscale(model, _rgb_tensor(picture, _device(model)), lr_size, tile)
+    return picture.with_pixels(_to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
+
+
+@torch.inference_mode()
+def upscale_picture(
+    model: IARN, picture: Picture, size: Size, tile: int | None = None, seed: int | None = None
+) -> Picture:
+    """LR picture -> HR picture of `size` (H, W)."""
+    target_size(size, model.config.max_scale, size=picture.size)
+    if seed is not None and model.config.mode != "split":
+        raise ValueError("sampling z (seed) needs a model in split mode")
+    hr = tiled_upscale(model, _rgb_tensor(picture, _device(model)), size, tile, seed)
+    return picture.with_pixels(_to_uint8(hr), _resize_alpha(picture.alpha, size))
+
+
+def _as_picture(image: Image.Image | np.ndarray) -> Picture:
+    if isinstance(image, Image.Image):
+        return picture_from_pil(image)
+    if isinstance(image, np.ndarray):
+        return picture_from_array(image)
+    raise TypeError(f"expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
+
+
+def _like(picture: Picture, original: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+    if isinstance(original, Image.Image):
+        return to_pil(picture)
+    if original.ndim == 2:
+        return picture.rgb.mean(axis=2).round().astype(np.uint8)
+    if original.shape[2] == 4:
+        return np.concatenate([picture.rgb, picture.alpha[..., None]], axis=2)
+    return picture.rgb
+
+
+def downscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None):
+    """Pillow image or uint8 array (H, W[, 3|4]) -> the same kind, downscaled.
+
+    `size` is (h, w) in rows and columns (Pillow's `.size` is (w, h): mind the order).
+    """
+    return _like(downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile), image)
+
+
+def upscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size, tile=None):
+    """Pillow image or uint8 array -> the same kind, upscaled to `size` (H, W)."""
+    return _like(upscale_picture(model, _as_picture(image), size, tile=tile), image)

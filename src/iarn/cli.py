@@ -1,0 +1,403 @@
+"""The `iarn` command line: downscale, upscale, roundtrip, info, train, evaluate.
+
+Every user error ends in one line `iarn: error: ...` on stderr and a non-zero exit (2 for
+malformed arguments, 1 otherwise); no traceback, no partial output file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import NoReturn
+
+from .data import IMAGE_SUFFIXES
+
+SAMPLE_IMAGE = "kodim23.png"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        print(f"iarn: error: {message} (see iarn {self.prog.split()[-1]} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+# -- argument parsing helpers ----------------------------------------------------------------
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """ "800x533" (width x height) -> (533, 800) as (h, w)."""
+    parts = text.lower().split("x")
+    try:
+        width, height = (int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed size {text!r}: expected WIDTHxHEIGHT, e.g. 800x533") from None
+    if width < 1 or height < 1:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be at least 1x1")
+    return height, width
+
+
+def parse_scale(text: str) -> tuple[float, float]:
+    """ "2.7" -> (2.7, 2.7); "1.5,4" -> (1.5, 4) as (vertical, horizontal)."""
+    try:
+        values = [float(p) for p in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"malformed scale {text!r}: expected S or SH,SW, e.g. 2.7 or 1.5,4")
+    return (values[0], values[-1])
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
+    group.add_argument("--model", metavar="NAME", help="a bundled model: default or tiny")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument("--tile", type=int, metavar="N", help="tile with cores of N HR pixels (default: automatic)")
+    parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="iarn", description="Invertible arbitrary-scale image rescaling (IARN).")
+    parser.add_argument("--version", action="version", version=f"iarn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    down = commands.add_parser("downscale", help="HR images -> LR PNGs that carry the lost detail")
+    down.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    down.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several")
+    target = down.add_mutually_exclusive_group(required=True)
+    target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
+    target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
+    down.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _common(down)
+
+    up = commands.add_parser("upscale", help="LR PNGs made by iarn -> restored HR images")
+    up.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several")
+    up.add_argument("--size", type=parse_size, metavar="WxH", help="HR size (default: read from the LR PNG)")
+    up.add_argument("--ext", default="png", choices=["png", "webp", "jpg", "tif"], help="output format (default png)")
+    up.add_argument("--seed", type=int, help="sample z with this seed (split-mode models) instead of z = 0")
+    up.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _common(up)
+
+    trip = commands.add_parser("roundtrip", help="down- and upscale in memory; print PSNR-Y against bicubic")
+    trip.add_argument("input", nargs="?", metavar="IN", help="an image (default: the bundled sample)")
+    target = trip.add_mutually_exclusive_group(required=True)
+    target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
+    target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
+    trip.add_argument("--save", metavar="DIR", help="also write lr.png and restored.png there")
+    _common(trip)
+
+    commands.add_parser("info", help="version, devices and bundled models")
+
+    train = commands.add_parser("train", help="train a model on a folder of images")
+    _train_arguments(train)
+
+    ev = commands.add_parser("evaluate", help="PSNR/SSIM tables per dataset and scale (design section 5)")
+    ev.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
+    ev.add_argument("--scales", default="1.5,2,2.5,3,3.5,4", help="symmetric scales (default %(default)s)")
+    ev.add_argument("--asym", default="1.5x4,1.5x3.5,1.6x3.05,4x2", help="asymmetric SHxSW (default %(default)s)")
+    ev.add_argument("--json", metavar="FILE", help="write the results as JSON")
+    ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
+    ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
+    ev.add_argument("--bicubic-only", action="store_true", help="only the bicubic rows; no model")
+    _common(ev)
+    return parser
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from .model import ModelConfig
+    from .train import TrainConfig
+
+    parser.add_argument("--config", metavar="FILE", help="YAML or JSON with TrainConfig fields (flags override)")
+    parser.add_argument("--resume", metavar="auto|PATH", help="continue a run: auto = OUT/checkpoint.pt if present")
+    parser.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights (fine-tuning)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--stop-at", type=int, metavar="STEP", help="end this invocation at STEP (resumable)")
+    parser.add_argument(
+        "--max-minutes", type=float, metavar="M", help="end this invocation after M minutes (resumable)"
+    )
+    for cls in (TrainConfig, ModelConfig):
+        for f in dataclasses.fields(cls):
+            if f.name == "model":
+                continue
+            flag = "--" + f.name.replace("_", "-")
+            if f.name == "data":
+                parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
+            elif f.type in ("bool", bool):
+                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            else:
+                kind = {"int": int, "float": float}.get(str(f.type), str)
+                parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+
+
+# -- jobs: which input goes to which output -------------------------------------------------
+
+
+def _collect(inputs: list[str], output: str, suffix: str | None) -> list[tuple[Path, Path]]:
+    sources: list[tuple[Path, Path]] = []  # (file, path relative to the output folder)
+    for item in map(Path, inputs):
+        if item.is_dir():
+            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise CliError(f"{item}: folder holds no images")
+            sources += [(p, p.relative_to(item)) for p in files]
+        elif item.exists():
+            sources.append((item, Path(item.name)))
+        else:
+            raise CliError(f"{item}: no such file or folder")
+    out = Path(output)
+    single_file = (
+        len(sources) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir() and not output.endswith(os.sep)
+    )
+    jobs = []
+    for source, relative in sources:
+        target = out if single_file else out / relative
+        if suffix is not None and not single_file:
+            target = target.with_suffix(suffix)
+        jobs.append((source, target))
+    return jobs
+
+
+def _check_target(source: Path, target: Path, force: bool) -> None:
+    if target.exists() and (target.resolve() == source.resolve() or os.path.samefile(target, source)):
+        raise CliError(f"{target}: is the input itself; iarn never overwrites an input")
+    if target.exists() and not force:
+        raise CliError(f"{target}: exists; pass --force to overwrite")
+
+
+def _load_model(args):
+    from .weights import load
+
+    name = args.weights or args.model
+    try:
+        return load(name, device=args.device)
+    except RuntimeError as error:
+        raise CliError(str(error)) from None
+
+
+def _run_batch(jobs, work) -> int:
+    """Run `work(source, target)` per job; report failures as one line each; count them."""
+    from .imageio import ImageError
+
+    failures = 0
+    iterator = jobs
+    bar = None
+    if len(jobs) > 1:
+        from tqdm import tqdm
+
+        bar = tqdm(jobs, unit="img", dynamic_ncols=True, file=sys.stderr)
+        iterator = bar
+    for source, target in iterator:
+        try:
+            work(source, target)
+        except (CliError, ImageError, ValueError) as error:
+            failures += 1
+            message = f"iarn: error: {error}"
+            print(message, file=sys.stderr) if bar is None else bar.write(message, file=sys.stderr)
+    return failures
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def cmd_downscale(args) -> int:
+    from .api import downscale_picture
+    from .geometry import target_size
+    from .imageio import read_picture, write_picture
+
+    jobs = _collect(args.inputs, args.output, ".png")
+    model = _load_model(args)
+    if args.scale is not None:
+        from .geometry import check_scale
+
+        check_scale(args.scale, model.config.max_scale)
+
+    def work(source: Path, target: Path) -> None:
+        _check_target(source, target, args.force)
+        picture = read_picture(source, allow_huge=args.allow_huge)
+        lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
+        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile)
+        if target.suffix.lower() != ".png":
+            print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
+        write_picture(lr, target, hr_size=picture.size)
+
+    return 1 if _run_batch(jobs, work) else 0
+
+
+def cmd_upscale(args) -> int:
+    from .api import upscale_picture
+    from .imageio import read_picture, write_picture
+
+    jobs = _collect(args.inputs, args.output, "." + args.ext)
+    model = _load_model(args)
+
+    def work(source: Path, target: Path) -> None:
+        _check_target(source, target, args.force)
+        picture = read_picture(source, allow_huge=args.allow_huge)
+        size = args.size or picture.hr_size
+        if size is None:
+            raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
+        write_picture(upscale_picture(model, picture, size, tile=args.tile, seed=args.seed), target)
+
+    return 1 if _run_batch(jobs, work) else 0
+
+
+def sample_image_path() -> Path:
+    return Path(str(resources.files("iarn") / "samples" / SAMPLE_IMAGE))
+
+
+def cmd_roundtrip(args) -> int:
+    from .evaluate import bicubic_roundtrip, model_roundtrip
+    from .geometry import target_size
+    from .imageio import read_picture, write_picture
+    from .metrics import protocol_border, psnr_y
+
+    model = _load_model(args)
+    path = Path(args.input) if args.input else sample_image_path()
+    picture = read_picture(path, allow_huge=args.allow_huge)
+    hr = picture.rgb
+    lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
+    scale = (hr.shape[0] / lr_size[0], hr.shape[1] / lr_size[1])
+    border = protocol_border(scale)
+    lr, up = model_roundtrip(model, hr, lr_size, args.tile)
+    bic_lr, bic_up = bicubic_roundtrip(hr, lr_size)
+    ours, bicubic, lr_fidelity = psnr_y(up, hr, border), psnr_y(bic_up, hr, border), psnr_y(lr, bic_lr)
+    print(
+        f"{path.name}: {hr.shape[1]}x{hr.shape[0]} -> {lr_size[1]}x{lr_size[0]} (scale {scale[0]:.3g} x {scale[1]:.3g})"
+    )
+    print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB")
+    print(f"  bicubic round trip PSNR-Y {bicubic:6.2f} dB   (iarn {ours - bicubic:+.2f} dB)")
+    print(f"  iarn LR against bicubic LR PSNR-Y {lr_fidelity:.2f} dB")
+    if args.save:
+        folder = Path(args.save)
+        write_picture(picture.with_pixels(lr, None), folder / "lr.png", hr_size=picture.size)
+        write_picture(picture.with_pixels(up, None), folder / "restored.png")
+        print(f"  wrote {folder / 'lr.png'} and {folder / 'restored.png'}")
+    return 0
+
+
+def cmd_info(args) -> int:
+    import torch
+
+    from . import __version__
+    from .weights import BUNDLED, bundled_path, read_metadata
+
+    print(f"iarn {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}")
+    cuda = torch.cuda.is_available()
+    print(
+        f"devices: cpu ({torch.get_num_threads()} threads)"
+        + (f", cuda ({torch.cuda.get_device_name(0)})" if cuda else "")
+        + (", mps" if torch.backends.mps.is_available() else "")
+    )
+    for name in BUNDLED:
+        path = bundled_path(name)
+        if path is None:
+            print(f"model {name}: not bundled in this install")
+            continue
+        meta = read_metadata(path)
+        training = json.loads(meta.get("training", "{}"))
+        print(f"model {name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+        print(f"  config {meta.get('config')}")
+        if training:
+            print(f"  trained {training.get('steps')} steps; {training.get('summary', '')}".rstrip("; "))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .model import ModelConfig
+    from .train import TrainConfig, train
+
+    values: dict = {}
+    if args.config:
+        text = Path(args.config).read_text()
+        if args.config.endswith((".yaml", ".yml")):
+            try:
+                import yaml
+            except ImportError:
+                raise CliError("a YAML config needs PyYAML (pip install pyyaml); or use JSON") from None
+            values = yaml.safe_load(text) or {}
+        else:
+            values = json.loads(text)
+    model_values = dict(values.pop("model", {}) or {})
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "model" and getattr(args, f.name, None) is not None:
+            values[f.name] = getattr(args, f.name)
+    for f in dataclasses.fields(ModelConfig):
+        if getattr(args, f.name, None) is not None:
+            model_values[f.name] = getattr(args, f.name)
+    values["model"] = model_values
+    cfg = TrainConfig.from_dict(values)
+    if not cfg.data:
+        raise CliError("no training data: pass --data DIR (or data: in --config)")
+    final = train(
+        cfg,
+        resume=args.resume,
+        init_from=args.init_from,
+        progress=not args.no_progress,
+        stop_at=args.stop_at,
+        max_minutes=args.max_minutes,
+    )
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {final}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluate import evaluate, markdown_table, parse_scales, plot, write_json
+
+    scales = parse_scales(args.scales) + parse_scales(args.asym, asymmetric=True)
+    model = None if args.bicubic_only else _load_model(args)
+    for folder in args.data:
+        if not Path(folder).is_dir():
+            raise CliError(f"{folder}: no such folder")
+    results = evaluate(model, args.data, scales, progress=sys.stderr.isatty())
+    table = markdown_table(results)
+    print(table, end="")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.json:
+        write_json(results, args.json)
+    if args.plot:
+        plot(results, args.plot)
+    return 0
+
+
+COMMANDS = {
+    "downscale": cmd_downscale,
+    "upscale": cmd_upscale,
+    "roundtrip": cmd_roundtrip,
+    "info": cmd_info,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .imageio import ImageError
+    from .weights import WeightsError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, ImageError, WeightsError, ValueError, FileNotFoundError) as error:
+        print(f"iarn: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("iarn: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> NoReturn:
+    sys.exit(main())

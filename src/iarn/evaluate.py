@@ -1,0 +1,214 @@
+"""Benchmark evaluation, exactly as design.md section 5 prescribes.
+
+For every image and scale (s_h, s_w): LR size (max(1, round(H/s_h)), max(1, round(W/s_w))); the
+model's 8-bit LR; its upscale rounded to 8 bits; PSNR-Y, SSIM-Y and RGB PSNR against the HR with
+ceil(max(s_h, s_w)) pixels cropped from each border; LR PSNR-Y of the model's LR against the
+reference bicubic LR (8-bit, no crop). The bicubic row: reference bicubic down, round, up, round.
+z = 0 throughout. Grayscale images are replicated to RGB.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .data import find_images
+from .geometry import size_for_scale
+from .imageio import read_picture
+from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
+from .model import IARN
+from .resample import resize
+from .tiling import tiled_downscale, tiled_upscale
+
+DEFAULT_SCALES = ((1.5, 1.5), (2.0, 2.0), (2.5, 2.5), (3.0, 3.0), (3.5, 3.5), (4.0, 4.0))
+DEFAULT_ASYMMETRIC = ((1.5, 4.0), (1.5, 3.5), (1.6, 3.05), (4.0, 2.0))
+
+
+@dataclass
+class Scores:
+    psnr_y: float
+    ssim_y: float
+    psnr_rgb: float
+    lr_psnr_y: float | None = None  # against the bicubic LR; None for the bicubic row
+
+
+def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    return x[0].mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Reference bicubic down and up, each rounded to 8 bits: (LR, HR) uint8."""
+    lr = _to_uint8(resize(_to_tensor(hr).double(), lr_size))
+    up = _to_uint8(resize(_to_tensor(lr).double(), hr.shape[:2]))
+    return lr, up
+
+
+@torch.inference_mode()
+def model_roundtrip(model: IARN, hr: np.ndarray, lr_size: tuple[int, int], tile: int | None = None):
+    """The model's 8-bit LR and its 8-bit upscale: (LR, HR) uint8."""
+    device = next(model.parameters()).device
+    x = torch.from_numpy(hr).permute(2, 0, 1)[None].to(device)
+    lr = tiled_downscale(model, x, lr_size, tile)
+    up = tiled_upscale(model, lr, hr.shape[:2], tile)
+    return _to_uint8(lr.cpu()), _to_uint8(up.cpu())
+
+
+def score_image(model: IARN | None, hr: np.ndarray, scale: tuple[float, float]) -> tuple[Scores | None, Scores]:
+    """(model scores or None without a model, bicubic scores) for one HR image and scale."""
+    lr_size = size_for_scale(hr.shape[:2], scale)
+    border = protocol_border(scale)
+    bic_lr, bic_up = bicubic_roundtrip(hr, lr_size)
+    bicubic = Scores(psnr_y(bic_up, hr, border), ssim_y(bic_up, hr, border), psnr_rgb(bic_up, hr, border))
+    if model is None:
+        return None, bicubic
+    lr, up = model_roundtrip(model, hr, lr_size)
+    ours = Scores(psnr_y(up, hr, border), ssim_y(up, hr, border), psnr_rgb(up, hr, border), psnr_y(lr, bic_lr))
+    return ours, bicubic
+
+
+def _mean(scores: list[Scores]) -> Scores:
+    fields = asdict(scores[0])
+    return Scores(
+        **{k: (None if fields[k] is None else float(np.mean([getattr(s, k) for s in scores]))) for k in fields}
+    )
+
+
+def evaluate(
+    model: IARN | None,
+    datasets: list[str | Path],
+    scales: list[tuple[float, float]],
+    progress: bool = True,
+) -> dict:
+    """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
+
+    Images too small for the protocol at a scale (under 11 pixels left after the border crop)
+    are skipped there and counted.
+    """
+    results: dict = {}
+    for folder in map(Path, datasets):
+        images = find_images([folder])
+        if not images:
+            raise ValueError(f"{folder}: no images")
+        per_scale: dict = {scale: ([], []) for scale in scales}
+        skipped = {scale: 0 for scale in scales}
+        iterator = images
+        if progress:
+            from tqdm import tqdm
+
+            iterator = tqdm(images, desc=folder.name, unit="img", leave=False)
+        for path in iterator:
+            hr = read_picture(path).rgb
+            for scale in scales:
+                if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:  # no room for an SSIM window
+                    skipped[scale] += 1
+                    continue
+                ours, bicubic = score_image(model, hr, scale)
+                if ours is not None:
+                    per_scale[scale][0].append(ours)
+                per_scale[scale][1].append(bicubic)
+        results[folder.name] = {
+            scale_label(scale): {
+                **({"iarn": asdict(_mean(ours))} if ours else {}),
+                "bicubic": asdict(_mean(bicubic)),
+                "images": len(bicubic),
+                "skipped_too_small": skipped[scale],
+            }
+            for scale, (ours, bicubic) in per_scale.items()
+        }
+    return results
+
+
+def scale_label(scale: tuple[float, float]) -> str:
+    return f"x{scale[0]:g}" if scale[0] == scale[1] else f"({scale[0]:g}, {scale[1]:g})"
+
+
+def parse_scales(text: str, asymmetric: bool = False) -> list[tuple[float, float]]:
+    """ "1.5,2,4" -> [(1.5, 1.5), ...]; with asymmetric, "1.5x4,4x2" -> [(1.5, 4), (4, 2)]."""
+    scales = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if asymmetric:
+                h, w = part.lower().split("x")
+                scales.append((float(h), float(w)))
+            else:
+                scales.append((float(part), float(part)))
+        except ValueError:
+            raise ValueError(f"malformed scale {part!r}") from None
+    if any(not math.isfinite(v) or v < 1 for s in scales for v in s):
+        raise ValueError("scales must be finite and at least 1")
+    return scales
+
+
+def markdown_table(results: dict) -> str:
+    """One table of PSNR-Y (dB) per dataset and scale, iarn over bicubic; then per-dataset detail."""
+    lines = []
+    labels = list(next(iter(results.values())).keys())
+    lines.append("| set | method | " + " | ".join(labels) + " |")
+    lines.append("|---|---|" + "---|" * len(labels))
+    for name, by_scale in results.items():
+        for method in ("iarn", "bicubic"):
+            if method not in by_scale[labels[0]]:
+                continue
+            cells = [f"{by_scale[label][method]['psnr_y']:.2f}" for label in labels]
+            lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("PSNR-Y in dB (BT.601, 8-bit outputs, ceil(max scale) border cropped); z = 0.")
+    for name, by_scale in results.items():
+        lines.append("")
+        lines.append(f"**{name}** ({by_scale[labels[0]]['images']} images)")
+        lines.append("")
+        lines.append(
+            "| scale | PSNR-Y | SSIM-Y | PSNR-RGB | LR PSNR-Y | bicubic PSNR-Y | bicubic SSIM-Y | bicubic PSNR-RGB |"
+        )
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for label in labels:
+            row = by_scale[label]
+            bic = row["bicubic"]
+            if "iarn" in row:
+                ours = row["iarn"]
+                head = f"{ours['psnr_y']:.2f} | {ours['ssim_y']:.4f} | {ours['psnr_rgb']:.2f} | {ours['lr_psnr_y']:.2f}"
+            else:
+                head = "- | - | - | -"
+            lines.append(f"| {label} | {head} | {bic['psnr_y']:.2f} | {bic['ssim_y']:.4f} | {bic['psnr_rgb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: str | Path) -> None:
+    """PSNR-Y against (symmetric) scale per dataset, iarn solid and bicubic dashed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'iarn[plot]'") from None
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    for index, (name, by_scale) in enumerate(results.items()):
+        points = [(float(k[1:]), v) for k, v in by_scale.items() if k.startswith("x")]
+        if not points:
+            continue
+        xs = [p[0] for p in points]
+        color = f"C{index}"
+        if "iarn" in points[0][1]:
+            ax.plot(xs, [p[1]["iarn"]["psnr_y"] for p in points], "-o", color=color, label=f"{name} iarn")
+        ax.plot(xs, [p[1]["bicubic"]["psnr_y"] for p in points], "--", color=color, label=f"{name} bicubic")
+    ax.set_xlabel("scale")
+    ax.set_ylabel("PSNR-Y (dB)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_json(results: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(results, indent=2) + "\n")

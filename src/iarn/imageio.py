@@ -1,0 +1,196 @@
+"""Reading and writing images, with one written policy for every kind of input.
+
+Policy (tests/test_imageio.py checks each line):
+
+- EXIF orientation is applied on reading; the output is written upright, without EXIF.
+- Grayscale (L, 1, I;8) is processed as RGB with three equal channels and written back as
+  grayscale (the mean of the three output channels).
+- Alpha (RGBA, LA, palette or RGB with transparency): the colour goes through the model; alpha
+  is resized with the plain reference bicubic; the output is written with its alpha.
+- Palette images are converted to RGB(A); CMYK and YCbCr to RGB.
+- An ICC profile is carried to the output (dropped when converting from CMYK, where it would
+  describe the wrong colour space).
+- High bit depth (16-bit PNG, 16-bit or float TIFF) is refused with a clear message: Pillow
+  would silently truncate 16-bit RGB to 8 bits, and the model works on 8-bit data.
+- An LR PNG written by `iarn downscale` carries the original size as a text chunk
+  (`iarn:hr_size` = "WxH"), which `iarn upscale` reads when no size is given.
+- Images above Pillow's decompression-bomb limit (`PIL.Image.MAX_IMAGE_PIXELS`) are refused
+  unless `allow_huge` is set.
+- Writing is atomic: a temporary file in the target folder, renamed on success.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import struct
+import tempfile
+import warnings
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, PngImagePlugin
+
+HR_SIZE_KEY = "iarn:hr_size"
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+class ImageError(ValueError):
+    """An input that cannot be processed; the message is one line meant for the user."""
+
+
+@dataclass(frozen=True)
+class Picture:
+    """An image as iarn processes it: rgb (H, W, 3) uint8, alpha (H, W) uint8 or None."""
+
+    rgb: np.ndarray
+    alpha: np.ndarray | None = None
+    grayscale: bool = False
+    icc_profile: bytes | None = None
+    hr_size: tuple[int, int] | None = None  # (H, W) recorded in an iarn LR file
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[0], self.rgb.shape[1]
+
+    def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> Picture:
+        return replace(self, rgb=rgb, alpha=alpha, hr_size=None)
+
+
+@contextlib.contextmanager
+def _bomb_limit(allow_huge: bool):
+    if not allow_huge:
+        yield
+        return
+    saved = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
+
+
+def _png_bit_depth(path: Path) -> int | None:
+    with open(path, "rb") as f:
+        head = f.read(26)
+    if len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
+        return head[24]
+    return None
+
+
+def _parse_hr_size(text: str | None) -> tuple[int, int] | None:
+    if not text:
+        return None
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        return None
+    return (height, width) if width > 0 and height > 0 else None
+
+
+def picture_from_pil(image: Image.Image) -> Picture:
+    """Apply the policy to an opened (and loaded) Pillow image."""
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        raise ImageError(f"{image.mode} images (more than 8 bits per channel) are not supported; convert to 8-bit")
+    icc = image.info.get("icc_profile") or None
+    hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
+    image = ImageOps.exif_transpose(image)
+    if image.width == 0 or image.height == 0:
+        raise ImageError("the image has no pixels")
+    grayscale = image.mode in ("1", "L", "LA", "La")
+    if image.mode == "CMYK":
+        icc = None
+    has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info
+    if has_alpha:
+        rgba = np.array(image.convert("RGBA"))
+        rgb, alpha = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
+    else:
+        rgb, alpha = np.array(image.convert("RGB")), None
+    return Picture(rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size)
+
+
+def picture_from_array(array: np.ndarray) -> Picture:
+    """(H, W), (H, W, 3) or (H, W, 4) uint8 -> Picture."""
+    if array.dtype != np.uint8:
+        raise ImageError(f"arrays must be uint8, got {array.dtype}")
+    if array.ndim == 2:
+        return Picture(rgb=np.repeat(array[..., None], 3, axis=2), grayscale=True)
+    if array.ndim == 3 and array.shape[2] in (3, 4):
+        alpha = np.ascontiguousarray(array[..., 3]) if array.shape[2] == 4 else None
+        return Picture(rgb=np.ascontiguousarray(array[..., :3]), alpha=alpha)
+    raise ImageError(f"arrays must be (H, W), (H, W, 3) or (H, W, 4), got {array.shape}")
+
+
+def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
+    """Read an image file under the policy; ImageError with a one-line reason otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise ImageError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageError(f"{path}: is a folder, not an image")
+    if path.stat().st_size == 0:
+        raise ImageError(f"{path}: empty file, not an image")
+    if _png_bit_depth(path) == 16:
+        raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _bomb_limit(allow_huge), Image.open(path) as image:
+                image.load()
+                return picture_from_pil(image)
+    except ImageError as error:
+        raise ImageError(f"{path}: {error}") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{path}: larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+            "pass --allow-huge if you trust it"
+        ) from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image Pillow can read") from None
+    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
+        raise ImageError(f"{path}: truncated or corrupt image ({str(error).splitlines()[0]})") from None
+
+
+def to_pil(picture: Picture) -> Image.Image:
+    """Picture -> Pillow image in the mode the policy writes (L, LA, RGB or RGBA)."""
+    if picture.grayscale:
+        gray = np.round(picture.rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
+        if picture.alpha is not None:
+            return Image.fromarray(np.stack([gray, picture.alpha], axis=2), "LA")
+        return Image.fromarray(gray, "L")
+    if picture.alpha is not None:
+        return Image.fromarray(np.concatenate([picture.rgb, picture.alpha[..., None]], axis=2), "RGBA")
+    return Image.fromarray(picture.rgb, "RGB")
+
+
+def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int, int] | None = None) -> None:
+    """Write atomically; `hr_size` (H, W) is recorded in a PNG text chunk."""
+    path = Path(path)
+    image = to_pil(picture)
+    suffix = path.suffix.lower()
+    options: dict = {}
+    if picture.icc_profile:
+        options["icc_profile"] = picture.icc_profile
+    if suffix == ".png":
+        info = PngImagePlugin.PngInfo()
+        if hr_size is not None:
+            info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
+        options["pnginfo"] = info
+    elif suffix in (".jpg", ".jpeg"):
+        options["quality"] = 95
+        if image.mode in ("RGBA", "LA"):
+            raise ImageError(f"{path}: JPEG cannot hold the alpha channel; write PNG or WebP")
+    elif suffix == ".webp":
+        options["lossless"] = True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"), **options)
+        os.replace(tmp, path)
+    except (KeyError, OSError, ValueError) as error:
+        raise ImageError(f"{path}: cannot write ({error})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

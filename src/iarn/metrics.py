@@ -1,0 +1,72 @@
+"""Fidelity metrics of the evaluation protocol (design.md section 5), in float64.
+
+Inputs are uint8 arrays (H, W, 3), RGB: outputs are rounded to 8 bits before scoring.
+Y is ITU-R BT.601: Y = 16 + 65.481 R + 128.553 G + 24.966 B with RGB in [0, 1], Y in [0, 255].
+SSIM: Gaussian window 11, sigma 1.5, K1 0.01, K2 0.03, data range 255, mean over the valid
+region (Wang et al.; scikit-image with gaussian_weights=True agrees, see the tests).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) float64 Y in [16, 235]."""
+    x = rgb.astype(np.float64) / 255
+    return 16 + 65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]
+
+
+def crop_border(x: np.ndarray, border: int) -> np.ndarray:
+    if border <= 0:
+        return x
+    if 2 * border >= min(x.shape[0], x.shape[1]):
+        raise ValueError(f"cannot crop {border} pixels from each side of a {x.shape[1]}x{x.shape[0]} image")
+    return x[border:-border, border:-border]
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return math.inf if mse == 0 else 10 * math.log10(data_range**2 / mse)
+
+
+def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :])[None, None]
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+    """SSIM of two (H, W) arrays, both at least 11 x 11."""
+    window = _gaussian_window()
+    x = torch.from_numpy(np.asarray(a, dtype=np.float64))[None, None]
+    y = torch.from_numpy(np.asarray(b, dtype=np.float64))[None, None]
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = F.conv2d(x, window), F.conv2d(y, window)
+    var_x = F.conv2d(x * x, window) - mu_x**2
+    var_y = F.conv2d(y * y, window) - mu_y**2
+    cov = F.conv2d(x * y, window) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map.mean())
+
+
+def psnr_y(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    return psnr(crop_border(rgb_to_y(a), border), crop_border(rgb_to_y(b), border))
+
+
+def ssim_y(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    return ssim(crop_border(rgb_to_y(a), border), crop_border(rgb_to_y(b), border))
+
+
+def psnr_rgb(a: np.ndarray, b: np.ndarray, border: int = 0) -> float:
+    return psnr(crop_border(a, border), crop_border(b, border))
+
+
+def protocol_border(scale: tuple[float, float]) -> int:
+    """Pixels cropped from each border: ceil(max(s_h, s_w))."""
+    return math.ceil(max(scale))

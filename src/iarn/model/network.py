@@ -1,0 +1,264 @@
+"""The invertible arbitrary-scale rescaling network (design.md section 3).
+
+Shapes and ranges. HR images are (B, 3, H, W) and LR images (B, 3, h, w), float, RGB, values in
+[0, 1], any 1 <= H/h <= `max_scale` and 1 <= W/w <= `max_scale` (the two factors independent).
+`downscale` returns the LR rounded to 8 bits (a saved PNG holds exactly it); `upscale` returns HR
+clamped to [0, 1] but not rounded. Both are deterministic: the lost detail `z` is taken as 0
+unless a seed asks for a sample (mode `split` only).
+
+Regions. `down_region` and `up_region` run the network on a crop of the image with the geometry
+of the whole image (phases of the scale encoding, rows of the resampling matrices), so tiles of a
+large image compute what the whole image would, up to the convolutions' border effects that the
+tile overlap absorbs. HR crops start on a multiple of `2**levels` pixels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..geometry import Size, target_size
+from ..resample import apply_matrices, resample_matrix
+from .coupling import LR_CHANNELS, CouplingBlock
+from .encoding import ENCODINGS, encoding_channels, scale_encoding
+from .haar import haar_forward, haar_forward_levels, haar_inverse, haar_inverse_levels, level_size
+
+MODES = ("split", "cycle")
+Range = tuple[int, int]
+NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of an IARN model; stored as JSON in every weight file.
+
+    mode: how the LR is formed, `cycle` (invert the Haar, bicubic-resize the full-resolution
+        output) or `split` (resample only the first 3 channels of the working grid).
+    levels: Haar levels; blocks_per_level coupling blocks follow each.
+    growth: width of the dense subnets. clamp: bound of the coupling's log-scale.
+    encoding: `pse` (4 maps), `sincos` (6 maps) or `off` (4 zero maps).
+    max_scale: the largest factor per axis the model accepts (the smallest is 1).
+    """
+
+    mode: str = "cycle"
+    levels: int = 1
+    blocks_per_level: int = 10
+    growth: int = 32
+    clamp: float = 1.0
+    encoding: str = "pse"
+    max_scale: float = 4.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.levels < 1 or self.blocks_per_level < 1 or self.growth < 1:
+            raise ValueError("levels, blocks_per_level and growth must be positive")
+        if not self.max_scale >= 1:
+            raise ValueError("max_scale must be at least 1")
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields {unknown}; this iarn knows {sorted(known)}")
+        return cls(**values)
+
+
+def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
+    """Clamp to [0, 1] and round to multiples of 1/255, with a straight-through gradient."""
+    rounded = torch.round(x.clamp(0, 1) * 255) / 255
+    return x + (rounded - x).detach()
+
+
+def _full(rng: Range | None, size: int) -> Range:
+    return rng if rng is not None else (0, size)
+
+
+class IARN(nn.Module):
+    """Haar levels with coupling blocks, conditioned on the scale encoding."""
+
+    def __init__(self, config: ModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or ModelConfig()
+        cfg = self.config
+        cond = encoding_channels(cfg.encoding)
+        self.stages = nn.ModuleList(
+            nn.ModuleList(CouplingBlock(3 * 4**level, cond, cfg.growth, cfg.clamp) for _ in range(cfg.blocks_per_level))
+            for level in range(1, cfg.levels + 1)
+        )
+
+    @property
+    def cell(self) -> int:
+        """HR pixels per working-grid pixel along each axis."""
+        return 2**self.config.levels
+
+    # -- the invertible core: Haar levels and coupling blocks -------------------------------
+
+    def _conds(self, hr_size: Size, lr_size: Size, hr_start: Size, crop: Size, device) -> list[torch.Tensor]:
+        conds = []
+        for level in range(1, self.config.levels + 1):
+            grid_start = (hr_start[0] >> level, hr_start[1] >> level)
+            grid = (level_size(crop[0], level), level_size(crop[1], level))
+            conds.append(scale_encoding(self.config.encoding, grid_start, grid, 2**level, hr_size, lr_size, device))
+        return conds
+
+    def encode(self, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size = (0, 0)) -> torch.Tensor:
+        """Invertible core, forward: HR crop (B, 3, Hc, Wc) -> working grid (B, 3*4^L, ...)."""
+        conds = self._conds(hr_size, lr_size, hr_start, tuple(x.shape[-2:]), x.device)
+        for blocks, cond in zip(self.stages, conds):
+            x = haar_forward(x)
+            for block in blocks:
+                x = block(x, cond)
+        return x
+
+    def decode(
+        self, y: torch.Tensor, hr_size: Size, lr_size: Size, crop: Size, hr_start: Size = (0, 0)
+    ) -> torch.Tensor:
+        """Invertible core, inverse: working grid -> HR crop of size `crop` (Hc, Wc)."""
+        conds = self._conds(hr_size, lr_size, hr_start, crop, y.device)
+        for level in range(self.config.levels, 0, -1):
+            cond = conds[level - 1]
+            for block in reversed(self.stages[level - 1]):
+                y = block.inverse(y, cond)
+            y = haar_inverse(y, (level_size(crop[0], level - 1), level_size(crop[1], level - 1)))
+        return y
+
+    # -- regions ----------------------------------------------------------------------------
+
+    def down_region(
+        self,
+        x: torch.Tensor,
+        hr_size: Size,
+        lr_size: Size,
+        hr_start: Size = (0, 0),
+        lr_rows: Range | None = None,
+        lr_cols: Range | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`.
+
+        Returns the unquantized LR (B, 3, rows, cols) and the by-product the training loss
+        needs: `z` (the working grid less its first 3 channels) in `split` mode, the
+        full-resolution image `x'` in `cycle` mode.
+        """
+        lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
+        crop = (x.shape[-2], x.shape[-1])
+        grid = self.encode(x, hr_size, lr_size, hr_start)
+        if self.config.mode == "split":
+            source, aux = grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
+            cell, full = self.cell, tuple(level_size(n, self.config.levels) for n in hr_size)
+        else:
+            source = aux = haar_inverse_levels(grid, self.config.levels, crop)
+            cell, full = 1, hr_size
+        start = (hr_start[0] // cell, hr_start[1] // cell)
+        return _resample_crop(source, start, full, lr_size, lr_rows, lr_cols), aux
+
+    def up_region(
+        self,
+        lr: torch.Tensor,
+        hr_size: Size,
+        lr_size: Size,
+        lr_start: Size = (0, 0),
+        hr_rows: Range | None = None,
+        hr_cols: Range | None = None,
+        noise: NoiseFn | None = None,
+    ) -> torch.Tensor:
+        """HR rows/cols `hr_rows`, `hr_cols` (default all; starts on a multiple of `cell`) from an
+        LR crop starting at `lr_start`. Unclamped. `noise(shape)` samples `z` in `split` mode
+        (default zeros)."""
+        hr_rows, hr_cols = _full(hr_rows, hr_size[0]), _full(hr_cols, hr_size[1])
+        crop = (hr_rows[1] - hr_rows[0], hr_cols[1] - hr_cols[0])
+        hr_start = (hr_rows[0], hr_cols[0])
+        if self.config.mode == "split":
+            cell, levels = self.cell, self.config.levels
+            full = tuple(level_size(n, levels) for n in hr_size)
+            out_rows = (hr_rows[0] // cell, -(-hr_rows[1] // cell))
+            out_cols = (hr_cols[0] // cell, -(-hr_cols[1] // cell))
+        else:
+            full, out_rows, out_cols = hr_size, hr_rows, hr_cols
+        source = _resample_crop(lr, lr_start, lr_size, full, out_rows, out_cols)
+        if self.config.mode == "split":
+            z_shape = (source.shape[0], 3 * 4**self.config.levels - LR_CHANNELS, *source.shape[-2:])
+            z = noise(z_shape).to(source) if noise is not None else source.new_zeros(z_shape)
+            grid = torch.cat([source, z], dim=1)
+        else:
+            grid = haar_forward_levels(source, self.config.levels)
+        return self.decode(grid, hr_size, lr_size, crop, hr_start)
+
+    # -- the public API ---------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def downscale(
+        self,
+        x: torch.Tensor,
+        size: Size | None = None,
+        scale: float | tuple[float, float] | None = None,
+        tile: int | None = None,
+    ) -> torch.Tensor:
+        """HR (B, 3, H, W) in [0, 1] -> LR (B, 3, h, w) in [0, 1], rounded to 8 bits.
+
+        Give `size=(h, w)` or `scale=s` / `(s_h, s_w)`; a scale means
+        `h = max(1, round(H / s_h))` (halves up). Geometry then uses the actual ratio H/h.
+        `tile` forces tiled processing with tiles of about that many LR pixels a side; by default
+        images above `tiling.AUTO_TILE_PIXELS` are tiled.
+        """
+        from ..tiling import tiled_downscale
+
+        _check_image(x, "downscale")
+        hr_size = (x.shape[-2], x.shape[-1])
+        lr_size = target_size(hr_size, self.config.max_scale, size=size, scale=scale)
+        return tiled_downscale(self, x, lr_size, tile)
+
+    @torch.inference_mode()
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        size: Size,
+        tile: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """LR (B, 3, h, w) in [0, 1] -> HR (B, 3, H, W) in [0, 1] with `size=(H, W)`.
+
+        `seed` draws `z` from N(0, temperature^2) instead of taking it as 0 (mode `split` only;
+        reproducible for a fixed seed and tiling).
+        """
+        from ..tiling import tiled_upscale
+
+        _check_image(lr, "upscale")
+        hr_size = (int(size[0]), int(size[1]))
+        target_size(hr_size, self.config.max_scale, size=(lr.shape[-2], lr.shape[-1]))
+        if seed is not None and self.config.mode != "split":
+            raise ValueError("sampling z (seed) needs a model in split mode; this one is cycle")
+        return tiled_upscale(self, lr, hr_size, tile, seed, temperature)
+
+
+def _resample_crop(
+    x: torch.Tensor, start: Size, in_size: Size, out_size: Size, out_rows: Range, out_cols: Range
+) -> torch.Tensor:
+    """Rows/cols `out_rows`, `out_cols` of resizing a whole (in_size) image to out_size, computed
+    from its crop `x` that starts at `start`."""
+    rows = resample_matrix(in_size[0], out_size[0], out_rows, (start[0], start[0] + x.shape[-2]), x.dtype, x.device)
+    cols = resample_matrix(in_size[1], out_size[1], out_cols, (start[1], start[1] + x.shape[-1]), x.dtype, x.device)
+    return apply_matrices(x, rows, cols)
+
+
+def _check_image(x: torch.Tensor, what: str) -> None:
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{what} takes a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} takes float values in [0, 1], got dtype {x.dtype}")
+
+
+__all__ = ["IARN", "ModelConfig", "quantize_8bit", "haar_forward_levels"]

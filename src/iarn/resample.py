@@ -1,0 +1,87 @@
+"""The reference bicubic resampler, as explicit separable matrices.
+
+`resize(x, size)` equals `F.interpolate(x, size, mode="bicubic", antialias=True,
+align_corners=False)` (float32 rounding aside), the reference bicubic of design.md section 2.
+Writing it as matrices lets a tile use exactly the rows and columns of the whole-image
+resampler that fall inside it, so tiled and untiled processing share one geometry.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+_A = -0.5  # Keys' cubic parameter that PyTorch's antialiased bicubic (and Pillow) use
+
+
+def _cubic(t: torch.Tensor) -> torch.Tensor:
+    t = t.abs()
+    near = ((_A + 2) * t - (_A + 3)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * _A
+    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def _windows(in_size: int, out_size: int, out_start: int, out_stop: int):
+    """Per output index in [out_start, out_stop): first input index, window width, weights."""
+    scale = in_size / out_size
+    support = 2.0 * scale if scale >= 1.0 else 2.0
+    inv = 1.0 / scale if scale >= 1.0 else 1.0
+    width = int(math.ceil(support)) * 2 + 1
+    idx = torch.arange(out_start, out_stop, dtype=torch.float64)
+    center = scale * (idx + 0.5)
+    first = torch.clamp(torch.trunc(center - support + 0.5), min=0)
+    last = torch.clamp(torch.trunc(center + support + 0.5), max=in_size)
+    size = last - first
+    k = torch.arange(width, dtype=torch.float64)
+    weights = _cubic((first[:, None] + k[None, :] - center[:, None] + 0.5) * inv)
+    weights = torch.where(k[None, :] < size[:, None], weights, torch.zeros_like(weights))
+    total = weights.sum(dim=1, keepdim=True)
+    weights = weights / torch.where(total == 0, torch.ones_like(total), total)
+    return first.long(), size.long(), weights
+
+
+def input_span(in_size: int, out_size: int, out_start: int, out_stop: int) -> tuple[int, int]:
+    """Input index range [a, b) that output indices [out_start, out_stop) read from."""
+    first, size, _ = _windows(in_size, out_size, out_start, out_stop)
+    return int(first.min()), int((first + size).max())
+
+
+def resample_matrix(
+    in_size: int,
+    out_size: int,
+    out_range: tuple[int, int] | None = None,
+    in_range: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Rows `out_range` and columns `in_range` of the (out_size, in_size) resampling matrix.
+
+    Weights of input indices outside `in_range` are dropped (the caller makes the crop wide
+    enough, see `input_span`).
+    """
+    o0, o1 = out_range or (0, out_size)
+    i0, i1 = in_range or (0, in_size)
+    first, _, weights = _windows(in_size, out_size, o0, o1)
+    cols = first[:, None] + torch.arange(weights.shape[1])[None, :] - i0
+    keep = (cols >= 0) & (cols < i1 - i0) & (weights != 0)
+    matrix = torch.zeros(o1 - o0, i1 - i0, dtype=torch.float64)
+    rows = torch.arange(o1 - o0)[:, None].expand_as(cols)
+    matrix.index_put_((rows[keep], cols[keep]), weights[keep], accumulate=True)
+    return matrix.to(dtype=dtype, device=device)
+
+
+def apply_matrices(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) -> (..., h, w) with `rows` (h, H) and `cols` (w, W)."""
+    x = torch.matmul(x, cols.t())
+    return torch.matmul(rows, x)
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Reference bicubic resize of (B, C, H, W) to (B, C, h, w); no clamping."""
+    height, width = x.shape[-2:]
+    if (height, width) == tuple(size):
+        return x
+    rows = resample_matrix(height, size[0], dtype=x.dtype, device=x.device)
+    cols = resample_matrix(width, size[1], dtype=x.dtype, device=x.device)
+    return apply_matrices(x, rows, cols)

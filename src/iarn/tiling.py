@@ -1,0 +1,153 @@
+"""Tiled down- and upscaling for images of any size, with memory bounded by the tile.
+
+The output is cut into a grid of core tiles. Each tile is computed from an input crop that
+covers what the resampler reads for the tile plus a context margin for the convolutions, using
+the whole image's geometry (see `IARN.down_region`). Neighbouring tiles also compute `overlap`
+pixels past their core and are blended there with linear ramps that sum to 1, so seams vanish.
+Tiled output equals untiled output to well within 1/255 (tests/test_tiling.py).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .geometry import Size
+from .model.haar import level_size
+from .model.network import IARN, quantize_8bit
+from .resample import input_span
+
+AUTO_TILE_PIXELS = 2048 * 1024  # images with more HR pixels are tiled by default
+DEFAULT_TILE = 512  # HR pixels a side of a tile's core
+CONTEXT = 48  # HR pixels of context around each crop, for the convolutions
+OVERLAP = 8  # output pixels blended on each side of a seam
+
+
+def _cores(length: int, tile: int) -> list[tuple[int, int]]:
+    count = max(1, -(-length // max(1, tile)))
+    bounds = [round(k * length / count) for k in range(count + 1)]
+    return [(bounds[k], bounds[k + 1]) for k in range(count)]
+
+
+def _ramp(core: tuple[int, int], length: int, overlap: int, device) -> tuple[tuple[int, int], torch.Tensor]:
+    """Extended range of a core and its blending weights (1 inside, ramps at inner seams)."""
+    start, stop = max(0, core[0] - overlap), min(length, core[1] + overlap)
+    position = torch.arange(start, stop, dtype=torch.float32, device=device) + 0.5
+    weight = torch.ones(stop - start, device=device)
+    if core[0] > 0:
+        weight = torch.minimum(weight, ((position - (core[0] - overlap)) / (2 * overlap)).clamp(0, 1))
+    if core[1] < length:
+        weight = torch.minimum(weight, (((core[1] + overlap) - position) / (2 * overlap)).clamp(0, 1))
+    return (start, stop), weight
+
+
+def _align_down(value: int, cell: int) -> int:
+    return value // cell * cell
+
+
+def _align_up(value: int, cell: int, limit: int) -> int:
+    return min(limit, -(-value // cell) * cell)
+
+
+def _as_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return x.to(dtype) / 255 if x.dtype == torch.uint8 else x.to(dtype)
+
+
+def _plan(length: int, tile_out: int, overlap: int) -> tuple[list[tuple[int, int]], int]:
+    cores = _cores(length, tile_out)
+    shortest = min(stop - start for start, stop in cores)
+    return cores, max(1, min(overlap, shortest // 2))
+
+
+def _hr_crop_for_lr(model: IARN, hr: int, lr: int, out: tuple[int, int], context: int) -> tuple[int, int]:
+    """HR crop [a, b) that LR outputs [out) need, with context, aligned for the Haar."""
+    cell = model.cell
+    if model.config.mode == "split":
+        grid_a, grid_b = input_span(level_size(hr, model.config.levels), lr, *out)
+        a, b = grid_a * cell, grid_b * cell
+    else:
+        a, b = input_span(hr, lr, *out)
+    return _align_down(max(0, a - context), cell), _align_up(b + context, cell, hr)
+
+
+def _lr_crop_for_hr(model: IARN, hr: int, lr: int, rows: tuple[int, int]) -> tuple[int, int]:
+    """LR crop that HR rows [rows) (aligned) read from."""
+    if model.config.mode == "split":
+        cell = model.cell
+        return input_span(lr, level_size(hr, model.config.levels), rows[0] // cell, -(-rows[1] // cell))
+    return input_span(lr, hr, *rows)
+
+
+def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torch.Tensor:
+    """Blend `compute(rows, cols)` (output ranges) over a tile grid into `out` (B, C, n, m)."""
+    n, m = out.shape[-2:]
+    row_cores, row_overlap = _plan(n, tile_out[0], overlap)
+    col_cores, col_overlap = _plan(m, tile_out[1], overlap)
+    for i, row_core in enumerate(row_cores):
+        rows, row_weight = _ramp(row_core, n, row_overlap, out.device)
+        for j, col_core in enumerate(col_cores):
+            cols, col_weight = _ramp(col_core, m, col_overlap, out.device)
+            piece = compute(rows, cols, (i, j))
+            weight = row_weight[:, None] * col_weight[None, :]
+            out[..., rows[0] : rows[1], cols[0] : cols[1]] += piece * weight
+    return out
+
+
+def tiled_downscale(
+    model: IARN, x: torch.Tensor, lr_size: Size, tile: int | None, context: int = CONTEXT, overlap: int = OVERLAP
+) -> torch.Tensor:
+    """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float."""
+    hr_size = (x.shape[-2], x.shape[-1])
+    dtype = next(model.parameters()).dtype
+    if tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS:
+        lr, _ = model.down_region(_as_float(x, dtype), hr_size, lr_size)
+        return quantize_8bit(lr)
+    tile = tile or DEFAULT_TILE
+    tile_lr = tuple(max(1, round(tile * lr_size[k] / hr_size[k])) for k in range(2))
+
+    def compute(rows, cols, _index):
+        crop_rows = _hr_crop_for_lr(model, hr_size[0], lr_size[0], rows, context)
+        crop_cols = _hr_crop_for_lr(model, hr_size[1], lr_size[1], cols, context)
+        crop = _as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
+        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
+        return lr
+
+    out = torch.zeros(x.shape[0], 3, *lr_size, dtype=dtype, device=x.device)
+    return quantize_8bit(_run_tiled(out, tile_lr, overlap, compute))
+
+
+def tiled_upscale(
+    model: IARN,
+    lr: torch.Tensor,
+    hr_size: Size,
+    tile: int | None,
+    seed: int | None = None,
+    temperature: float = 1.0,
+    context: int = CONTEXT,
+    overlap: int = OVERLAP,
+) -> torch.Tensor:
+    """LR (B, 3, h, w) float in [0, 1] or uint8 -> HR (B, 3, H, W) float, clamped to [0, 1]."""
+    lr_size = (lr.shape[-2], lr.shape[-1])
+    dtype = next(model.parameters()).dtype
+
+    def noise_for(index):
+        if seed is None:
+            return None
+        generator = torch.Generator().manual_seed(hash((seed, *index)) & 0x7FFF_FFFF_FFFF_FFFF)
+        return lambda shape: temperature * torch.randn(shape, generator=generator)
+
+    if tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS:
+        return model.up_region(_as_float(lr, dtype), hr_size, lr_size, noise=noise_for((0, 0))).clamp_(0, 1)
+    tile = tile or DEFAULT_TILE
+    cell = model.cell
+
+    def compute(rows, cols, index):
+        hr_rows = (_align_down(max(0, rows[0] - context), cell), _align_up(rows[1] + context, cell, hr_size[0]))
+        hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
+        lr_rows = _lr_crop_for_hr(model, hr_size[0], lr_size[0], hr_rows)
+        lr_cols = _lr_crop_for_hr(model, hr_size[1], lr_size[1], hr_cols)
+        crop = _as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
+        hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise_for(index))
+        return hr[..., rows[0] - hr_rows[0] : rows[1] - hr_rows[0], cols[0] - hr_cols[0] : cols[1] - hr_cols[0]]
+
+    out = torch.zeros(lr.shape[0], 3, *hr_size, dtype=dtype, device=lr.device)
+    return _run_tiled(out, (tile, tile), overlap, compute).clamp_(0, 1)

@@ -1,0 +1,46 @@
+"""Shared fixtures: small models with random non-zero weights, weight files, test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from iarn import IARN, ModelConfig, save_weights
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BENCHMARK = SHARED / "data" / "benchmark"
+
+
+def randomize(model: IARN, std: float = 0.05, seed: int = 0) -> IARN:
+    """Non-zero weights everywhere, so no block is the identity."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=generator) * std)
+    return model.eval()
+
+
+def small_model(**overrides) -> IARN:
+    config = ModelConfig(**{"blocks_per_level": 2, "growth": 8, **overrides})
+    torch.manual_seed(0)
+    return randomize(IARN(config))
+
+
+@pytest.fixture(scope="session")
+def weights_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "small.safetensors"
+    save_weights(small_model(), path)
+    return path
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A smooth, textured 8-bit RGB test image (H, W, 3) = (70, 90, 3)."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:70, 0:90].astype(np.float64)
+    base = np.stack([np.sin(x / 7) + np.cos(y / 5), np.sin((x + y) / 9), np.cos(x / 4 - y / 11)], axis=2)
+    noisy = (base + 2) / 4 + rng.normal(0, 0.03, base.shape)
+    return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)

@@ -1,0 +1,223 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from iarn.cli import main
+
+
+def run(capsys, *args):
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code != 0
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("iarn: error:") and "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def photo_file(tmp_path, photo):
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    Image.fromarray(photo).save(path)
+    return path
+
+
+def test_downscale_upscale_folders_end_to_end(tmp_path, capsys, photo, weights_file):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(photo).save(src / "a.png")
+    Image.fromarray(photo[:51, :77]).save(src / "sub" / "b.jpg", quality=98)
+    code, _, err = run(capsys, "downscale", src, "-o", tmp_path / "lr", "--scale", "1.5,3", "--weights", weights_file)
+    assert code == 0, err
+    assert Image.open(tmp_path / "lr" / "a.png").size == (30, 47)
+    assert Image.open(tmp_path / "lr" / "sub" / "b.png").size == (26, 34)
+    code, _, err = run(capsys, "upscale", tmp_path / "lr", "-o", tmp_path / "hr", "--weights", weights_file)
+    assert code == 0, err
+    assert Image.open(tmp_path / "hr" / "a.png").size == (90, 70)
+    assert Image.open(tmp_path / "hr" / "sub" / "b.png").size == (77, 51)
+
+
+def test_size_flag_and_existing_output_needs_force(tmp_path, capsys, photo_file, weights_file):
+    out = tmp_path / "lr.png"
+    args = ["downscale", photo_file, "-o", out, "--size", "40x33", "--weights", weights_file]
+    assert run(capsys, *args)[0] == 0
+    assert Image.open(out).size == (40, 33)
+    stamp = out.stat().st_mtime_ns
+    code, _, err = run(capsys, *args)
+    assert_one_line_error(code, err, "exists", "--force")
+    assert out.stat().st_mtime_ns == stamp
+    assert run(capsys, *args, "--force")[0] == 0
+    code, _, err = run(
+        capsys, "upscale", out, "-o", tmp_path / "hr.png", "--size", "90x70", "--tile", "32", "--weights", weights_file
+    )
+    assert code == 0, err
+
+
+def test_input_is_never_overwritten(capsys, photo_file, weights_file):
+    before = photo_file.read_bytes()
+    code, _, err = run(
+        capsys, "downscale", photo_file, "-o", photo_file, "--scale", "2", "--force", "--weights", weights_file
+    )
+    assert_one_line_error(code, err, "input itself")
+    assert photo_file.read_bytes() == before
+
+
+def test_roundtrip_prints_psnr_against_bicubic(tmp_path, capsys, photo_file, weights_file):
+    code, out, err = run(
+        capsys, "roundtrip", photo_file, "--scale", "2.5", "--weights", weights_file, "--save", tmp_path / "trip"
+    )
+    assert code == 0, err
+    assert "iarn round trip" in out and "bicubic round trip" in out and "dB" in out
+    assert (tmp_path / "trip" / "lr.png").exists() and (tmp_path / "trip" / "restored.png").exists()
+
+
+def test_info(capsys):
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "iarn" in out and "torch" in out
+
+
+# -- bad input: one line on stderr, non-zero exit, no output file ------------------------------
+
+
+def _bad_input_case(tmp_path, capsys, weights_file, source, *extra, fragments=()):
+    out = tmp_path / "out.png"
+    code, _, err = run(capsys, "downscale", source, "-o", out, *extra, "--weights", weights_file)
+    assert_one_line_error(code, err, *fragments)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.png")]
+
+
+def test_missing_path(tmp_path, capsys, weights_file):
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "nope.png", "--scale", "2", fragments=["no such"])
+
+
+def test_not_an_image(tmp_path, capsys, weights_file):
+    (tmp_path / "notes.png").write_text("hello, not a picture")
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "notes.png", "--scale", "2", fragments=["not an image"])
+
+
+def test_truncated_image(tmp_path, capsys, weights_file, photo_file):
+    data = photo_file.read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "cut.png", "--scale", "2", fragments=["truncated"])
+
+
+def test_corrupt_image(tmp_path, capsys, weights_file, photo_file):
+    data = bytearray(photo_file.read_bytes())
+    data[60:200] = bytes(140)
+    (tmp_path / "bad.png").write_bytes(bytes(data))
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "bad.png", "--scale", "2", fragments=["corrupt"])
+
+
+def test_zero_size_image(tmp_path, capsys, weights_file):
+    (tmp_path / "empty.png").write_bytes(b"")
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "empty.png", "--scale", "2", fragments=["empty"])
+
+
+def test_zero_pixel_image(tmp_path, capsys, weights_file, photo_file):
+    data = bytearray(photo_file.read_bytes())
+    data[16:20] = (0).to_bytes(4, "big")  # IHDR width 0
+    (tmp_path / "zero.png").write_bytes(bytes(data))
+    _bad_input_case(tmp_path, capsys, weights_file, tmp_path / "zero.png", "--scale", "2")
+
+
+def test_decompression_bomb(tmp_path, capsys, weights_file, photo_file, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    _bad_input_case(tmp_path, capsys, weights_file, photo_file, "--scale", "2", fragments=["--allow-huge"])
+    code, _, err = run(
+        capsys,
+        "downscale",
+        photo_file,
+        "-o",
+        tmp_path / "ok.png",
+        "--scale",
+        "2",
+        "--allow-huge",
+        "--weights",
+        weights_file,
+    )
+    assert code == 0, err
+    assert Image.MAX_IMAGE_PIXELS == 1000
+
+
+def test_scale_below_one(tmp_path, capsys, weights_file, photo_file):
+    _bad_input_case(tmp_path, capsys, weights_file, photo_file, "--scale", "0.5", fragments=["1 to 4"])
+
+
+def test_scale_above_range(tmp_path, capsys, weights_file, photo_file):
+    _bad_input_case(tmp_path, capsys, weights_file, photo_file, "--scale", "2,4.5", fragments=["1 to 4"])
+
+
+def test_target_larger_than_input(tmp_path, capsys, weights_file, photo_file):
+    _bad_input_case(tmp_path, capsys, weights_file, photo_file, "--size", "100x50", fragments=["larger than the input"])
+
+
+@pytest.mark.parametrize(
+    "flag, value",
+    [("--size", "40by30"), ("--size", "0x10"), ("--scale", "two"), ("--scale", "1,2,3"), ("--scale", "nan")],
+)
+def test_malformed_size_or_scale(tmp_path, capsys, weights_file, photo_file, flag, value):
+    out = tmp_path / "out.png"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["downscale", str(photo_file), "-o", str(out), flag, value, "--weights", str(weights_file)])
+    err = capsys.readouterr().err
+    assert_one_line_error(exit_info.value.code, err, "malformed" if value != "0x10" else "at least")
+    assert not out.exists()
+
+
+def test_upscale_without_size(tmp_path, capsys, weights_file, photo_file):
+    out = tmp_path / "out.png"
+    code, _, err = run(capsys, "upscale", photo_file, "-o", out, "--weights", weights_file)
+    assert_one_line_error(code, err, "no original size")
+    assert not out.exists()
+
+
+def test_missing_weights_file(tmp_path, capsys, photo_file):
+    code, _, err = run(
+        capsys,
+        "downscale",
+        photo_file,
+        "-o",
+        tmp_path / "o.png",
+        "--scale",
+        "2",
+        "--weights",
+        tmp_path / "none.safetensors",
+    )
+    assert_one_line_error(code, err, "no such weight file")
+
+
+def test_console_script_runs_as_a_process(tmp_path, photo_file, weights_file):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "iarn",
+            "downscale",
+            str(photo_file),
+            "-o",
+            str(tmp_path / "o.png"),
+            "--scale",
+            "9",
+            "--weights",
+            str(weights_file),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert not np.any([p.name == "o.png" for p in tmp_path.iterdir()])

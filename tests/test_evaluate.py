@@ -1,0 +1,35 @@
+"""The evaluation protocol against the published bicubic rows (needs ../shared; skipped without)."""
+
+import pytest
+
+from iarn.evaluate import DEFAULT_ASYMMETRIC, evaluate, markdown_table, parse_scales, scale_label
+
+from .conftest import BENCHMARK
+
+# ../shared/docs/reference-bicubic.md
+REFERENCE = {
+    "Set5": [36.84, 33.68, 31.80, 30.41, 29.33, 28.43, 30.05, 30.91, 31.75, 30.33],
+    "Set14": [33.13, 30.35, 28.78, 27.64, 26.77, 26.09, 27.93, 28.58, 29.17, 27.45],
+}
+SCALES = parse_scales("1.5,2,2.5,3,3.5,4") + list(DEFAULT_ASYMMETRIC)
+
+
+@pytest.mark.skipif(not (BENCHMARK / "Set5").is_dir(), reason="../shared/data/benchmark not present")
+@pytest.mark.parametrize("dataset", sorted(REFERENCE))
+def test_bicubic_row_reproduces_reference(dataset):
+    results = evaluate(None, [BENCHMARK / dataset], SCALES, progress=False)[dataset]
+    for scale, expected in zip(SCALES, REFERENCE[dataset]):
+        assert results[scale_label(scale)]["bicubic"]["psnr_y"] == pytest.approx(expected, abs=0.006), scale
+    if dataset == "Set5":  # the published ranges of the issue
+        assert 33.66 <= round(results["x2"]["bicubic"]["psnr_y"], 2) <= 33.68
+        assert 28.42 <= round(results["x4"]["bicubic"]["psnr_y"], 2) <= 28.43
+    assert "| bicubic |" in markdown_table({dataset: results})
+
+
+def test_parse_scales():
+    assert parse_scales("1.5, 2") == [(1.5, 1.5), (2.0, 2.0)]
+    assert parse_scales("1.5x4,4X2", asymmetric=True) == [(1.5, 4.0), (4.0, 2.0)]
+    with pytest.raises(ValueError, match="malformed"):
+        parse_scales("2x", asymmetric=True)
+    with pytest.raises(ValueError):
+        parse_scales("0.5")

@@ -1,0 +1,168 @@
+import math
+import random
+
+import pytest
+import torch
+
+from iarn import IARN, ModelConfig
+from iarn.geometry import size_for_scale, target_size
+from iarn.model import quantize_8bit
+from iarn.model.coupling import CouplingBlock
+
+from .conftest import randomize, small_model
+
+VARIANTS = [
+    {"mode": "cycle"},
+    {"mode": "split"},
+    {"mode": "cycle", "encoding": "sincos"},
+    {"mode": "split", "encoding": "off"},
+    {"mode": "split", "levels": 2},
+    {"mode": "cycle", "levels": 2, "encoding": "sincos"},
+]
+
+
+def _random_geometry(rng: random.Random) -> tuple[tuple[int, int], tuple[int, int]]:
+    hr = (rng.choice([1, 2, 3, 5, 7, 13, 17, 31, 41, 64]), rng.choice([1, 2, 4, 11, 19, 23, 37, 50]))
+    scale = (rng.uniform(1, 4), rng.uniform(1, 4))
+    return hr, size_for_scale(hr, scale)
+
+
+def test_default_config_is_irn_sized():
+    count = sum(p.numel() for p in IARN().parameters())
+    assert 1.5e6 <= count <= 4.5e6
+
+
+def test_fresh_blocks_are_identity():
+    block = CouplingBlock(12, 4, growth=8, clamp=1.0)
+    x, cond = torch.randn(2, 12, 5, 6), torch.randn(1, 4, 5, 6)
+    assert torch.allclose(block(x, cond), x)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_core_inverts_on_random_sizes_and_scales(variant):
+    model = small_model(**variant)
+    rng = random.Random(1)
+    for _ in range(12):
+        hr, lr = _random_geometry(rng)
+        x = torch.rand(2, 3, *hr)
+        grid = model.encode(x, hr, lr)
+        assert (model.decode(grid, hr, lr, hr) - x).abs().max() < 1e-5, (hr, lr)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_forward_inverse_backward_finite_and_every_parameter_learns(variant):
+    model = small_model(**variant).train()
+    hr = torch.rand(2, 3, 24, 20)
+    lr_size = (9, 13)
+    lr, aux = model.down_region(hr, (24, 20), lr_size)
+    restored = model.up_region(quantize_8bit(lr), (24, 20), lr_size)
+    assert lr.shape == (2, 3, 9, 13) and restored.shape == hr.shape
+    loss = (restored - hr).abs().mean() + (lr - 0.5).pow(2).mean() + aux.pow(2).mean()
+    loss.backward()
+    for tensor in (lr, aux, restored):
+        assert torch.isfinite(tensor).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("mode", ["cycle", "split"])
+def test_api_returns_exactly_the_requested_sizes(mode):
+    model = small_model(mode=mode)
+    rng = random.Random(2)
+    for _ in range(15):
+        hr, lr = _random_geometry(rng)
+        x = torch.rand(1, 3, *hr)
+        down = model.downscale(x, size=lr)
+        assert down.shape[-2:] == lr
+        assert model.upscale(down, size=hr).shape[-2:] == hr
+
+
+def test_scale_is_sugar_for_size():
+    model = small_model()
+    x = torch.rand(1, 3, 101, 77)
+    assert model.downscale(x, scale=2.7).shape[-2:] == (37, 29)  # round(37.4), round(28.5) half up
+    assert model.downscale(x, scale=(1.5, 4)).shape[-2:] == (67, 19)
+    assert size_for_scale((10, 10), 4) == (3, 3)  # 2.5 rounds up
+
+
+def test_downscale_output_is_8bit_and_in_range():
+    lr = small_model().downscale(torch.rand(1, 3, 40, 40), scale=2.5)
+    assert lr.min() >= 0 and lr.max() <= 1
+    assert torch.equal(lr, torch.round(lr * 255) / 255)
+
+
+def test_upscale_is_deterministic_and_seeded_sampling_reproducible():
+    model = small_model(mode="split")
+    lr = model.downscale(torch.rand(1, 3, 30, 30), scale=2)
+    assert torch.equal(model.upscale(lr, (30, 30)), model.upscale(lr, (30, 30)))
+    a, b = model.upscale(lr, (30, 30), seed=3), model.upscale(lr, (30, 30), seed=3)
+    assert torch.equal(a, b) and not torch.equal(a, model.upscale(lr, (30, 30)))
+    with pytest.raises(ValueError, match="split"):
+        small_model(mode="cycle").upscale(lr, (30, 30), seed=1)
+
+
+def test_quantize_has_straight_through_gradient():
+    x = torch.tensor([-0.2, 0.31, 0.50001, 1.4], requires_grad=True)
+    q = quantize_8bit(x)
+    assert torch.allclose(q, torch.tensor([0.0, 79 / 255, 128 / 255, 1.0]))
+    q.sum().backward()
+    assert torch.equal(x.grad, torch.ones(4))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"scale": 0.9}, "out of range"),
+        ({"scale": 4.5}, "1 to 4"),
+        ({"size": (50, 10)}, "larger than the input"),
+        ({"size": (5, 10)}, "below the model's range"),
+        ({"size": (0, 10)}, "at least 1x1"),
+        ({}, "exactly one"),
+    ],
+)
+def test_bad_targets_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        small_model().downscale(torch.rand(1, 3, 40, 40), **kwargs)
+
+
+def test_bad_tensors_are_refused():
+    model = small_model()
+    with pytest.raises(ValueError, match="B, 3, H, W"):
+        model.downscale(torch.rand(3, 40, 40), scale=2)
+    with pytest.raises(ValueError, match="float"):
+        model.downscale(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), scale=2)
+
+
+def test_max_scale_rounding_boundary_accepted():
+    # scale 4 on 9 rows gives round(2.25) = 2 rows, an actual ratio of 4.5: still accepted
+    assert target_size((9, 9), 4.0, scale=4) == (2, 2)
+
+
+def test_config_validation_and_json_round_trip():
+    cfg = ModelConfig(mode="split", encoding="sincos", levels=2)
+    assert ModelConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match="mode"):
+        ModelConfig(mode="nope")
+    with pytest.raises(ValueError, match="unknown config fields"):
+        ModelConfig.from_dict({"mode": "cycle", "width": 3})
+
+
+def test_encoding_phases():
+    from iarn.model.encoding import scale_encoding
+
+    maps = scale_encoding("pse", (0, 0), (4, 3), 2, (8, 6), (4, 2))
+    assert maps.shape == (1, 4, 4, 3)
+    assert torch.allclose(maps[0, 0], torch.full((4, 3), 0.5)) and torch.allclose(maps[0, 1], torch.full((4, 3), 1 / 3))
+    assert maps[0, 2].abs().max() < 1e-6  # x2: every grid cell sits on an LR pixel centre
+    assert maps[0, 3].abs().max() <= 0.5 and maps[0, 3].abs().max() > 0.1
+    sincos = scale_encoding("sincos", (3, 1), (2, 2), 2, (20, 20), (7, 9))
+    assert torch.allclose(sincos[0, 2] ** 2 + sincos[0, 3] ** 2, torch.ones(2, 2))
+    assert scale_encoding("off", (0, 0), (2, 2), 2, (4, 4), (2, 2)).abs().sum() == 0
+    assert not math.isnan(float(maps.sum()))
+
+
+def test_randomize_helper_breaks_identity():
+    model = randomize(IARN(ModelConfig(blocks_per_level=1, growth=4)))
+    x = torch.rand(1, 3, 8, 8)
+    assert not torch.allclose(model.encode(x, (8, 8), (4, 4)), model.encode(torch.zeros_like(x), (8, 8), (4, 4)))

@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from iarn.tiling import tiled_downscale, tiled_upscale
+
+from .conftest import small_model
+
+
+@pytest.mark.parametrize("mode", ["cycle", "split"])
+@pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=["x2.7", "1.5x3.3"])
+def test_tiled_equals_untiled(mode, scale):
+    model = small_model(mode=mode, blocks_per_level=3)
+    x = torch.rand(1, 3, 203, 271)  # several 64-pixel tiles wide and high
+    lr = model.downscale(x, scale=scale)
+    lr_tiled = model.downscale(x, scale=scale, tile=64)
+    assert (lr - lr_tiled).abs().max() <= 1 / 255 + 1e-6
+    hr = model.upscale(lr, size=(203, 271))
+    hr_tiled = model.upscale(lr, size=(203, 271), tile=64)
+    assert (hr - hr_tiled).abs().max() <= 1 / 255
+
+
+def test_tiling_accepts_uint8_input_and_matches_float():
+    model = small_model()
+    pixels = torch.randint(0, 256, (1, 3, 90, 70), dtype=torch.uint8)
+    a = tiled_downscale(model, pixels, (31, 40), tile=40)
+    b = tiled_downscale(model, pixels.float() / 255, (31, 40), tile=None)
+    assert (a - b).abs().max() <= 1 / 255 + 1e-6
+    up = tiled_upscale(model, a, (90, 70), tile=32)
+    assert up.shape == (1, 3, 90, 70)
+
+
+def test_tile_smaller_than_overlap_and_tiny_images():
+    model = small_model(levels=2)
+    x = torch.rand(1, 3, 13, 9)
+    for tile in (1, 4, 100):
+        lr = model.downscale(x, size=(5, 4), tile=tile)
+        assert lr.shape[-2:] == (5, 4)
+        assert model.upscale(lr, (13, 9), tile=tile).shape[-2:] == (13, 9)
