@@ -166,3 +166,16 @@ def test_randomize_helper_breaks_identity():
     model = randomize(IARN(ModelConfig(blocks_per_level=1, growth=4)))
     x = torch.rand(1, 3, 8, 8)
     assert not torch.allclose(model.encode(x, (8, 8), (4, 4)), model.encode(torch.zeros_like(x), (8, 8), (4, 4)))
+
+
+@pytest.mark.parametrize("levels", [1, 2])
+def test_core_round_trip_under_bf16_autocast(levels):
+    """GPU training may use bf16 autocast: subnets in bf16, coupling arithmetic in fp32."""
+    model = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16, levels=levels)), std=0.02, seed=1)
+    x = torch.rand(2, 3, 48, 40)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        grid = model.encode(x, (48, 40), (17, 19))
+        restored = model.decode(grid, (48, 40), (17, 19), (48, 40))
+    assert grid.dtype == torch.float32 and restored.dtype == torch.float32
+    assert (restored - x).abs().max() < 1 / 255
+    assert (restored - x).abs().mean() < 1e-4

@@ -52,6 +52,12 @@ def small_config(folder, out, **overrides) -> TrainConfig:
     return TrainConfig(**values)
 
 
+def tiny_train_args(folder, out, steps, *extra) -> list[str]:
+    """`iarn train` arguments for a few steps of a one-block model on 32-pixel crops."""
+    sizes = ["--batch-size", "2", "--crop", "32", "--blocks-per-level", "1", "--growth", "4"]
+    return ["train", "--data", str(folder), "--out", str(out), "--steps", str(steps), *sizes, *extra]
+
+
 def test_sampler_crops_augments_and_skips_small_images(image_folder):
     sampler = CropSampler([image_folder], crop=32)
     assert len(sampler.images) == 4
@@ -105,28 +111,7 @@ def test_init_from_fine_tunes_given_weights(image_folder, tmp_path):
 
 def test_cli_train_then_evaluate(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
-    args = [
-        "train",
-        "--data",
-        str(image_folder),
-        "--out",
-        str(out),
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--blocks-per-level",
-        "1",
-        "--growth",
-        "4",
-        "--mode",
-        "split",
-        "--no-progress",
-        "--log-every",
-        "1",
-    ]
+    args = tiny_train_args(image_folder, out, 3, "--mode", "split", "--no-progress", "--log-every", "1")
     assert main(args) == 0
     assert "model.safetensors" in capsys.readouterr().out
     table, results = tmp_path / "table.md", tmp_path / "results.json"
@@ -175,34 +160,8 @@ def test_config_file_and_unknown_fields(image_folder, tmp_path, capsys):
 
 def test_ddp_two_processes_on_cpu(image_folder, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "iarn",
-        "train",
-        "--data",
-        str(image_folder),
-        "--out",
-        str(tmp_path / "ddp"),
-        "--steps",
-        "4",
-        "--batch-size",
-        "2",
-        "--crop",
-        "32",
-        "--blocks-per-level",
-        "1",
-        "--growth",
-        "4",
-        "--checkpoint-every",
-        "2",
-        "--no-progress",
-    ]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "iarn"]
+    command = launcher + tiny_train_args(image_folder, tmp_path / "ddp", 4, "--checkpoint-every", "2", "--no-progress")
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "on 2 x cpu" in result.stdout

@@ -57,12 +57,22 @@ def parse_scale(text: str) -> tuple[float, float]:
     return (values[0], values[-1])
 
 
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
     group.add_argument("--model", metavar="NAME", help="a bundled model: default or tiny")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--tile", type=int, metavar="N", help="tile with cores of N HR pixels (default: automatic)")
+    parser.add_argument("--tile", type=positive_int, metavar="N", help="tile with cores of N HR pixels (default: automatic)")
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
 

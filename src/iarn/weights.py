@@ -86,7 +86,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
 
 def bundled_path(name: str) -> Path | None:
     """Path of a bundled weight file, or None when this install has none of that name."""
-    path = Path(str(resources.files("iarn") / "weights" / f"{name}.safetensors"))
+    path = Path(str(resources.files("iarn") / "bundled" / f"{name}.safetensors"))
     return path if path.is_file() else None
 
 
