@@ -210,8 +210,8 @@ class IARN(nn.Module):
 
         Give `size=(h, w)` or `scale=s` / `(s_h, s_w)`; a scale means
         `h = max(1, round(H / s_h))` (halves up). Geometry then uses the actual ratio H/h.
-        `tile` forces tiled processing with tiles of about that many LR pixels a side; by default
-        images above `tiling.AUTO_TILE_PIXELS` are tiled.
+        `tile` forces tiled processing, with tile cores of about `tile` HR pixels a side; by
+        default images above `tiling.AUTO_TILE_PIXELS` HR pixels are tiled.
         """
         from ..tiling import tiled_downscale
 
@@ -232,7 +232,7 @@ class IARN(nn.Module):
         """LR (B, 3, h, w) in [0, 1] -> HR (B, 3, H, W) in [0, 1] with `size=(H, W)`.
 
         `seed` draws `z` from N(0, temperature^2) instead of taking it as 0 (mode `split` only;
-        reproducible for a fixed seed and tiling).
+        reproducible for a fixed seed and tiling). `tile` as in `downscale`.
         """
         from ..tiling import tiled_upscale
 
