@@ -83,12 +83,10 @@ def main() -> None:
     model = ModelConfig(mode=args.mode, blocks_per_level=args.blocks_per_level, growth=args.growth)
     base = TrainConfig(model=model, batch_size=args.batch_size, crop=args.crop)
     variants = [("fp32 eager", base)] if args.baseline else []
-    variants.append(
-        (
-            f"{args.amp}{' compiled' if args.compile else ' eager'}",
-            TrainConfig(model=model, batch_size=args.batch_size, crop=args.crop, amp=args.amp, compile=args.compile),
-        )
-    )
+    precision = "fp32" if args.amp == "none" else args.amp
+    label = f"{precision} {'compiled' if args.compile else 'eager'}"
+    options = dict(model=model, batch_size=args.batch_size, crop=args.crop, amp=args.amp, compile=args.compile)
+    variants.append((label, TrainConfig(**options)))
     name = device.type if device.type != "cuda" else torch.cuda.get_device_name(device)
     print(f"device {name}, torch {torch.__version__}, threads {torch.get_num_threads()}, {model}")
     print(f"batch {args.batch_size} of {args.crop} px; median of {args.windows} windows of {args.steps} steps")

@@ -72,7 +72,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
     group.add_argument("--model", metavar="NAME", help="a bundled model: default or tiny")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
-    parser.add_argument("--tile", type=positive_int, metavar="N", help="tile with cores of N HR pixels (default: automatic)")
+    parser.add_argument(
+        "--tile", type=positive_int, metavar="N", help="tile with cores of N HR pixels (default: automatic)"
+    )
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
 
