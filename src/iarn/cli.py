@@ -217,7 +217,10 @@ def _run_batch(jobs, work) -> int:
         except (CliError, ImageError, ValueError) as error:
             failures += 1
             message = f"iarn: error: {error}"
-            print(message, file=sys.stderr) if bar is None else bar.write(message, file=sys.stderr)
+            if bar is None:
+                print(message, file=sys.stderr)
+            else:
+                bar.write(message, file=sys.stderr)
     return failures
 
 
