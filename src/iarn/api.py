@@ -22,7 +22,8 @@ def _rgb_tensor(picture: Picture, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].to(device)
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] on any device -> (H, W, 3) uint8, rounded."""
     return x[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
@@ -45,7 +46,7 @@ def downscale_picture(
     """HR picture -> LR picture of `size` (h, w) or `scale`."""
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
     lr = tiled_downscale(model, _rgb_tensor(picture, _device(model)), lr_size, tile)
-    return picture.with_pixels(_to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
+    return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
 
 
 @torch.inference_mode()
@@ -57,7 +58,7 @@ def upscale_picture(
     if seed is not None and model.config.mode != "split":
         raise ValueError("sampling z (seed) needs a model in split mode")
     hr = tiled_upscale(model, _rgb_tensor(picture, _device(model)), size, tile, seed)
-    return picture.with_pixels(_to_uint8(hr), _resize_alpha(picture.alpha, size))
+    return picture.with_pixels(to_uint8(hr), _resize_alpha(picture.alpha, size))
 
 
 def _as_picture(image: Image.Image | np.ndarray) -> Picture:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .api import to_uint8
 from .data import find_images
 from .geometry import size_for_scale
 from .imageio import read_picture
@@ -41,14 +42,10 @@ def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
 
 
-def _to_uint8(x: torch.Tensor) -> np.ndarray:
-    return x[0].mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
-
-
 def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Reference bicubic down and up, each rounded to 8 bits: (LR, HR) uint8."""
-    lr = _to_uint8(resize(_to_tensor(hr).double(), lr_size))
-    up = _to_uint8(resize(_to_tensor(lr).double(), hr.shape[:2]))
+    lr = to_uint8(resize(_to_tensor(hr).double(), lr_size))
+    up = to_uint8(resize(_to_tensor(lr).double(), hr.shape[:2]))
     return lr, up
 
 
@@ -59,7 +56,7 @@ def model_roundtrip(model: IARN, hr: np.ndarray, lr_size: tuple[int, int], tile:
     x = torch.from_numpy(hr).permute(2, 0, 1)[None].to(device)
     lr = tiled_downscale(model, x, lr_size, tile)
     up = tiled_upscale(model, lr, hr.shape[:2], tile)
-    return _to_uint8(lr.cpu()), _to_uint8(up.cpu())
+    return to_uint8(lr.cpu()), to_uint8(up.cpu())
 
 
 def score_image(model: IARN | None, hr: np.ndarray, scale: tuple[float, float]) -> tuple[Scores | None, Scores]:
