@@ -1,25 +1,41 @@
-"""Inference speed and memory of iarn against Pillow's bicubic, in one process.
+"""Inference speed and memory of iarn, each row against Pillow's bicubic in the same process.
 
-    python benchmarks/infer.py                       # 1 MP, default config, CPU
-    python benchmarks/infer.py --megapixels 1 8 --weights tiny --repeats 5
-    python benchmarks/infer.py --peak-memory 24      # peak RSS of a tiled 24 MP down + up
+    python benchmarks/infer.py                                   # 1 MP, bundled default, fp32 vs bf16
+    python benchmarks/infer.py --megapixels 1 8 24 --variants fp32 bf16 tile-768+bf16
+    python benchmarks/infer.py --device cuda --megapixels 8 --variants fp32 bf16 fp16 compile+bf16
+    python benchmarks/infer.py --cli-memory 50 --cli-flags "--precision fp32"   # `iarn` on a 50 MP PNG
 
-Prints, per image size: median seconds of downscale and upscale (x2.7) over `--repeats` runs
-after a warm-up, MP/s, and the same for Pillow's BICUBIC resize of the same image as the
-reference. `--peak-memory N` runs an N-megapixel image through the uint8 tiled path used by the
-CLI in a child process and reports its peak resident memory.
+Speed: per image size, downscale (x`--scale`) and upscale of one image (batch 1) for every
+variant, interleaved over `--repeats` rounds after a warm-up, all in one process; printed as
+median seconds, HR MP/s, speed-up against the first variant and ratio to Pillow's BICUBIC resize
+of the same image in the same round. A variant joins options with `+`:
+
+    fp32, bf16, fp16     dtype of the subnets' weights (images and the invertible arithmetic stay fp32)
+    tile-N               force tiles with N-pixel cores (default: untiled up to 2 MP, 512 above)
+    untiled              never tile
+    channels_last        model and input in channels-last memory format
+    compile              torch.compile the subnets (slow first call: compile time is reported)
+
+Memory: on CUDA, the peak allocated memory of each row; `--memory` runs each size and variant in
+a fresh process and reports its peak RSS (CPU). `--cli-memory MP` writes an MP-megapixel PNG and
+runs `iarn downscale` and `iarn upscale` on it, each in a fresh process, reporting wall time and
+peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -30,114 +46,230 @@ from iarn import IARN, ModelConfig
 from iarn.api import downscale_picture, upscale_picture
 from iarn.geometry import size_for_scale
 from iarn.imageio import Picture
+from iarn.weights import PRECISIONS
 
 
-def build_model(weights: str | None, device: str) -> IARN:
-    if weights is None:
+def build_model(weights: str, variant: str, device: str) -> tuple[IARN, int | None]:
+    """The model for a variant, and the tile argument it implies."""
+    if weights == "random":
         torch.manual_seed(0)
-        return IARN(ModelConfig()).to(device).eval()  # speed does not depend on the weights' values
-    return iarn.load(weights, device=device)
+        model = IARN(ModelConfig()).to(device).eval()  # speed does not depend on the weights' values
+    else:
+        model = iarn.load(weights, device=device)
+    tile: int | None = None
+    for option in variant.split("+"):
+        if option in PRECISIONS:
+            model = model.to(PRECISIONS[option])
+        elif option.startswith("tile-"):
+            tile = int(option.removeprefix("tile-"))
+        elif option == "untiled":
+            tile = 1 << 30
+        elif option == "channels_last":
+            model = model.to(memory_format=torch.channels_last)
+        elif option == "compile":
+            for module in model.modules():
+                if type(module).__name__ == "DenseBlock":
+                    module.forward = torch.compile(module.forward, dynamic=True)
+        else:
+            raise SystemExit(f"unknown variant option {option!r}")
+    return model, tile
 
 
 def image_of(megapixels: float) -> np.ndarray:
+    """A 3:2 uint8 image: smooth gradients plus noise (content does not change the speed)."""
     width = int(round((megapixels * 1e6 * 1.5) ** 0.5))
     height = int(round(megapixels * 1e6 / width))
-    rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    y, x = np.ogrid[0:height, 0:width]
+    image = np.random.default_rng(0).integers(0, 56, (height, width, 3), dtype=np.uint8)
+    image[..., 0] += (x * 200 // width).astype(np.uint8)
+    image[..., 1] += (y * 200 // height).astype(np.uint8)
+    image[..., 2] += (100 + 100 * np.sin(x / 37 + y / 23)).astype(np.uint8)
+    return image
 
 
-def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, device: str) -> float:
+    sync(device)
+    start = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - start
+
+
+def memory_format_of(model: IARN) -> torch.memory_format:
+    weight = next(model.parameters())
+    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def run_downscale(model: IARN, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+    return downscale_picture(model, picture, size=size, tile=tile)
+
+
+def run_upscale(model: IARN, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+    return upscale_picture(model, picture, size, tile=tile)
 
 
 def speed(args) -> None:
-    model = build_model(args.weights, args.device)
-    params = sum(p.numel() for p in model.parameters())
     print(
-        f"model: {model.config} ({params / 1e6:.2f} M parameters), device {args.device}, "
-        f"torch threads {torch.get_num_threads()}, scale {args.scale}"
+        f"weights {args.weights}, device {args.device}, torch {torch.__version__}, "
+        f"threads {torch.get_num_threads()}, scale {args.scale}, {args.repeats} rounds"
     )
-    print("| image | op | iarn median s | iarn MP/s | Pillow bicubic median s | ratio iarn/Pillow |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| image | op | variant | median s | HR MP/s | speed-up vs "
+        f"{args.variants[0]} | Pillow bicubic s | ratio to Pillow | peak memory MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+    models = {variant: build_model(args.weights, variant, args.device) for variant in args.variants}
     for mp in args.megapixels:
         rgb = image_of(mp)
-        picture = Picture(rgb=rgb)
-        hr_size = picture.size
+        hr_size = rgb.shape[:2]
         lr_size = size_for_scale(hr_size, args.scale)
-        lr = downscale_picture(model, picture, size=lr_size)
+        picture = Picture(rgb=rgb)
+        lr = downscale_picture(models[args.variants[0]][0], picture, size=lr_size)
         pil_hr, pil_lr = Image.fromarray(rgb), Image.fromarray(lr.rgb)
-        rows = [
-            (
-                "downscale",
-                partial(downscale_picture, model, picture, size=lr_size),
+        ops = {
+            "downscale": (
+                partial(run_downscale, picture=picture, size=lr_size),
                 partial(pil_hr.resize, (lr_size[1], lr_size[0]), Image.BICUBIC),
             ),
-            (
-                "upscale",
-                partial(upscale_picture, model, lr, hr_size),
+            "upscale": (
+                partial(run_upscale, picture=lr, size=hr_size),
                 partial(pil_lr.resize, (hr_size[1], hr_size[0]), Image.BICUBIC),
             ),
-        ]
-        for name, ours, reference in rows:
-            t_ours = median_time(ours, args.repeats)
-            t_ref = median_time(reference, args.repeats)
-            label = f"{hr_size[1]}x{hr_size[0]} ({mp:g} MP)"
-            print(f"| {label} | {name} | {t_ours:.3f} | {mp / t_ours:.3f} | {t_ref:.4f} | {t_ours / t_ref:.0f}x |")
+        }
+        for op, (ours, pillow) in ops.items():
+            times: dict[str, list[float]] = {v: [] for v in args.variants}
+            pillow_times, peaks, first = [], {}, {}
+            for variant, (model, tile) in models.items():  # warm-up; compile happens here
+                if args.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                first[variant] = timed(partial(ours, model, tile), args.device)
+                if args.device.startswith("cuda"):
+                    peaks[variant] = torch.cuda.max_memory_allocated() / 2**20
+            for _ in range(args.repeats):
+                pillow_times.append(timed(pillow, "cpu"))
+                for variant, (model, tile) in models.items():
+                    times[variant].append(timed(partial(ours, model, tile), args.device))
+            base = statistics.median(times[args.variants[0]])
+            reference = statistics.median(pillow_times)
+            for variant in args.variants:
+                median = statistics.median(times[variant])
+                note = f" (first call {first[variant]:.1f} s)" if "compile" in variant else ""
+                peak = f"{peaks[variant]:.0f}" if variant in peaks else "-"
+                print(
+                    f"| {hr_size[1]}x{hr_size[0]} ({mp:g} MP) | {op} | {variant}{note} | {median:.3f} "
+                    f"| {mp / median:.2f} | {base / median:.2f}x | {reference:.4f} | {median / reference:.0f}x "
+                    f"| {peak} |"
+                )
 
 
-def peak_memory_child(megapixels: float, weights: str | None, scale: float) -> None:
-    model = build_model(weights, "cpu")
-    picture = Picture(rgb=image_of(megapixels))
+def memory_child(args) -> None:
+    """One size and variant in this fresh process: down + up, then the peak RSS."""
+    model, tile = build_model(args.weights, args.variants[0], args.device)
+    rgb = image_of(args.megapixels[0])
+    picture = Picture(rgb=rgb)
+    loaded = peak_rss_mb("VmRSS")
     start = time.perf_counter()
-    lr = downscale_picture(model, picture, scale=scale)
+    lr = downscale_picture(model, picture, scale=args.scale, tile=tile)
     middle = time.perf_counter()
-    upscale_picture(model, lr, picture.size)
+    upscale_picture(model, lr, picture.size, tile=tile)
     end = time.perf_counter()
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     print(
         json.dumps(
             {
-                "megapixels": megapixels,
-                "size": picture.size,
-                "peak_rss_mb": round(peak_mb),
-                "downscale_s": round(middle - start, 1),
-                "upscale_s": round(end - middle, 1),
+                "image": f"{rgb.shape[1]}x{rgb.shape[0]}",
+                "variant": args.variants[0],
+                "rss_before_mb": round(loaded),
+                "peak_rss_mb": round(peak),
+                "downscale_s": round(middle - start, 2),
+                "upscale_s": round(end - middle, 2),
             }
         )
     )
 
 
+def run_child(command: list[str]) -> str:
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr}")
+    return result.stdout
+
+
+def memory(args) -> None:
+    for mp in args.megapixels:
+        for variant in args.variants:
+            command = [sys.executable, __file__, "--child", "--megapixels", str(mp), "--variants", variant]
+            command += ["--weights", args.weights, "--scale", str(args.scale), "--device", args.device]
+            print(run_child(command).strip())
+
+
+def peak_rss_mb(field: str = "VmHWM") -> float:
+    """This process's peak resident memory (`VmRSS`: the current one). Linux's VmHWM, unlike
+    ru_maxrss, does not inherit the peak of the parent that forked it."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+PEAK_RSS_SNIPPET = f"""
+import resource, sys, time
+from pathlib import Path
+from iarn.cli import main
+{inspect.getsource(peak_rss_mb)}
+start = time.perf_counter()
+code = main(sys.argv[1:])
+print(code, round(time.perf_counter() - start, 1), round(peak_rss_mb()))
+"""
+
+
+def cli_memory(args) -> None:
+    """`iarn downscale` then `iarn upscale` of an MP-megapixel PNG, each in a fresh process."""
+    rgb = image_of(args.cli_memory)
+    extra = ["--device", args.device, "--model" if args.weights in iarn.weights.BUNDLED else "--weights", args.weights]
+    extra += shlex.split(args.cli_flags)
+    with tempfile.TemporaryDirectory() as folder:
+        hr, lr, up = (str(Path(folder) / name) for name in ("hr.png", "lr.png", "up.png"))
+        Image.fromarray(rgb).save(hr, compress_level=1)
+        del rgb
+        print(f"{args.cli_memory:g} MP PNG ({Path(hr).stat().st_size / 1e6:.0f} MB); extra flags {extra}")
+        print("| command | exit | wall s | peak RSS MB |")
+        print("|---|---|---|---|")
+        for name, command in (
+            ("downscale", ["downscale", hr, "-o", lr, "--scale", str(args.scale)]),
+            ("upscale", ["upscale", lr, "-o", up]),
+        ):
+            code, seconds, peak = run_child([sys.executable, "-c", PEAK_RSS_SNIPPET, *command, *extra]).split()
+            print(f"| iarn {name} | {code} | {seconds} | {peak} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--megapixels", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--variants", nargs="+", default=["fp32", "bf16"])
     parser.add_argument("--scale", type=float, default=2.7)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--weights", help="a weight file or bundled name (default: default config, random weights)")
+    parser.add_argument("--weights", default="default", help="weight file, bundled name, or 'random' (default config)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--peak-memory", type=float, metavar="MP", help="measure peak RSS for an MP-megapixel image")
+    parser.add_argument("--memory", action="store_true", help="peak RSS per size and variant, fresh processes")
+    parser.add_argument("--cli-memory", type=float, metavar="MP", help="peak RSS of the CLI on an MP-megapixel PNG")
+    parser.add_argument("--cli-flags", default="", help="more flags for the CLI runs, e.g. '--precision fp32'")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.peak_memory and args.child:
-        peak_memory_child(args.peak_memory, args.weights, args.scale)
-    elif args.peak_memory:
-        command = [
-            sys.executable,
-            __file__,
-            "--peak-memory",
-            str(args.peak_memory),
-            "--child",
-            "--scale",
-            str(args.scale),
-        ] + (["--weights", args.weights] if args.weights else [])
-        print(subprocess.run(command, check=True, capture_output=True, text=True).stdout.strip())
+    if args.child:
+        memory_child(args)
+    elif args.cli_memory:
+        cli_memory(args)
+    elif args.memory:
+        memory(args)
     else:
         speed(args)
 

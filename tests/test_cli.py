@@ -221,3 +221,21 @@ def test_console_script_runs_as_a_process(tmp_path, photo_file, weights_file):
     )
     assert result.returncode == 1 and result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not np.any([p.name == "o.png" for p in tmp_path.iterdir()])
+
+
+def test_precision_flag(tmp_path, capsys, photo_file, weights_file):
+    from iarn.cli import build_parser
+
+    assert build_parser().parse_args(["upscale", "a.png", "-o", "b.png"]).precision == "auto"
+    assert build_parser().parse_args(["evaluate", "--data", "d"]).precision == "fp32"  # reproducible tables
+    outputs = {}
+    for precision in ("fp32", "bf16"):
+        out = tmp_path / f"{precision}.png"
+        flags = ["--scale", "2.5", "--precision", precision, "--weights", weights_file]
+        code, _, err = run(capsys, "downscale", photo_file, "-o", out, *flags)
+        assert code == 0, err
+        outputs[precision] = np.asarray(Image.open(out), dtype=np.int16)
+    assert np.abs(outputs["fp32"] - outputs["bf16"]).max() <= 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["downscale", str(photo_file), "-o", str(tmp_path / "x.png"), "--precision", "int4"])
+    assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "invalid choice")

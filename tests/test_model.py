@@ -179,3 +179,43 @@ def test_core_round_trip_under_bf16_autocast(levels):
     assert grid.dtype == torch.float32 and restored.dtype == torch.float32
     assert (restored - x).abs().max() < 1 / 255
     assert (restored - x).abs().mean() < 1e-4
+
+
+@pytest.mark.parametrize("variant", VARIANTS[:2] + VARIANTS[4:5], ids=lambda v: "-".join(map(str, v.values())))
+def test_inference_path_of_the_subnets_matches_the_autograd_path(variant):
+    """Without autograd, dense blocks append to one buffer instead of concatenating."""
+    model = small_model(**variant)
+    x = torch.rand(2, 3, 21, 18)
+    with_grad = model.encode(x, (21, 18), (8, 7))
+    assert with_grad.requires_grad
+    with torch.no_grad():
+        buffered = model.encode(x, (21, 18), (8, 7))
+    assert (buffered - with_grad.detach()).abs().max() < 1e-5
+
+
+def test_float64_model_keeps_float64_state():
+    model = small_model().double()
+    x = torch.rand(1, 3, 14, 11, dtype=torch.float64)
+    with torch.no_grad():
+        grid = model.encode(x, (14, 11), (5, 4))
+        restored = model.decode(grid, (14, 11), (5, 4), (14, 11))
+    assert model.state_dtype == grid.dtype == torch.float64
+    assert (restored - x).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_subnets_keep_float32_images_and_invert(dtype):
+    reference = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16)), std=0.02, seed=1)
+    model = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16)), std=0.02, seed=1).to(dtype)
+    assert model.state_dtype == torch.float32
+    x = torch.rand(1, 3, 40, 36)
+    with torch.no_grad():
+        grid = model.encode(x, (40, 36), (15, 13))
+        restored = model.decode(grid, (40, 36), (15, 13), (40, 36))
+    assert grid.dtype == restored.dtype == torch.float32
+    assert (restored - x).abs().max() < 1 / 255
+    lr, lr_reference = model.downscale(x, scale=2.5), reference.downscale(x, scale=2.5)
+    assert lr.dtype == torch.float32
+    assert (lr - lr_reference).abs().max() <= 2 / 255
+    up = model.upscale(lr, (40, 36))
+    assert (up - reference.upscale(lr, (40, 36))).abs().max() < 2 / 255

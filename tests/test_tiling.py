@@ -36,3 +36,13 @@ def test_tile_smaller_than_overlap_and_tiny_images():
         lr = model.downscale(x, size=(5, 4), tile=tile)
         assert lr.shape[-2:] == (5, 4)
         assert model.upscale(lr, (13, 9), tile=tile).shape[-2:] == (13, 9)
+
+
+def test_uint8_conversion_in_strips_equals_one_shot():
+    from iarn.api import to_uint8
+
+    x = torch.rand(1, 3, 37, 11)
+    x[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.5 / 255])  # the ends and a half step
+    one_shot = x[0].mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
+    for strip_pixels in (1, 50, 11 * 37, 1 << 22):
+        assert (to_uint8(x, strip_pixels) == one_shot).all()

@@ -77,3 +77,23 @@ def test_bundled_weights_load_when_present(name):
     assert path.stat().st_size < 20e6
     lr = model.downscale(torch.rand(1, 3, 32, 32), scale=2)
     assert lr.shape[-2:] == (16, 16)
+
+
+def test_precision_auto_follows_the_cpu(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(weights_module, "cpu_has_native_bf16", lambda: True)
+    assert weights_module.resolve_precision("auto", cpu) == torch.bfloat16
+    assert weights_module.resolve_precision("auto", torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(weights_module, "cpu_has_native_bf16", lambda: False)
+    assert weights_module.resolve_precision("auto", cpu) == torch.float32
+    assert weights_module.resolve_precision("fp16", cpu) == torch.float16
+    with pytest.raises(ValueError, match="precision"):
+        weights_module.resolve_precision("int8", cpu)
+
+
+def test_load_in_bf16_runs_the_subnets_in_bf16(weights_file):
+    model = iarn.load(weights_file, device="cpu", precision="bf16")
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert model.state_dtype == torch.float32
+    assert model.downscale(torch.rand(1, 3, 16, 16), scale=2).dtype == torch.float32
+    assert {p.dtype for p in iarn.load(weights_file, device="cpu").parameters()} == {torch.float32}

@@ -22,9 +22,18 @@ def _rgb_tensor(picture: Picture, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].to(device)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """(1, 3, H, W) float in [0, 1] on any device -> (H, W, 3) uint8, rounded."""
-    return x[0].mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+def to_uint8(x: torch.Tensor, strip_pixels: int = 1 << 22) -> np.ndarray:
+    """(1, 3, H, W) float in [0, 1] on any device -> (H, W, 3) uint8, rounded.
+
+    Converted in strips of about `strip_pixels` pixels, so a large image needs no second float
+    copy."""
+    height, width = x.shape[-2:]
+    out = np.empty((height, width, 3), dtype=np.uint8)
+    rows = max(1, strip_pixels // max(1, width))
+    for top in range(0, height, rows):
+        strip = x[0, :, top : top + rows].mul(255).round_().clamp_(0, 255).to(torch.uint8)
+        out[top : top + rows] = strip.permute(1, 2, 0).cpu().numpy()
+    return out
 
 
 def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:

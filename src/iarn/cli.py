@@ -67,13 +67,19 @@ def positive_int(text: str) -> int:
     return value
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
     group.add_argument("--model", metavar="NAME", help="a bundled model: default or tiny")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument(
         "--tile", type=positive_int, metavar="N", help="tile with cores of N HR pixels (default: automatic)"
+    )
+    parser.add_argument(
+        "--precision",
+        default=precision,
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="dtype of the network's subnets; auto: bf16 on CPUs with native bf16, else fp32 (default %(default)s)",
     )
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
@@ -124,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
     ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
     ev.add_argument("--bicubic-only", action="store_true", help="only the bicubic rows; no model")
-    _common(ev)
+    _common(ev, precision="fp32")
     return parser
 
 
@@ -194,7 +200,7 @@ def _load_model(args):
 
     name = args.weights or args.model
     try:
-        return load(name, device=args.device)
+        return load(name, device=args.device, precision=args.precision)
     except RuntimeError as error:
         raise CliError(str(error)) from None
 
@@ -307,12 +313,13 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .weights import BUNDLED, bundled_path, read_metadata
+    from .weights import BUNDLED, bundled_path, cpu_has_native_bf16, read_metadata
 
     print(f"iarn {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     cuda = torch.cuda.is_available()
+    bf16 = "native bf16, --precision auto = bf16" if cpu_has_native_bf16() else "no native bf16"
     print(
-        f"devices: cpu ({torch.get_num_threads()} threads)"
+        f"devices: cpu ({torch.get_num_threads()} threads, {bf16})"
         + (f", cuda ({torch.cuda.get_device_name(0)})" if cuda else "")
         + (", mps" if torch.backends.mps.is_available() else "")
     )
@@ -415,4 +422,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> NoReturn:
-    sys.exit(main())
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `iarn info | head`: the reader left; not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    sys.exit(code)

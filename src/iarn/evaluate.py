@@ -59,7 +59,9 @@ def model_roundtrip(model: IARN, hr: np.ndarray, lr_size: tuple[int, int], tile:
     return to_uint8(lr.cpu()), to_uint8(up.cpu())
 
 
-def score_image(model: IARN | None, hr: np.ndarray, scale: tuple[float, float]) -> tuple[Scores | None, Scores]:
+def score_image(
+    model: IARN | None, hr: np.ndarray, scale: tuple[float, float], tile: int | None = None
+) -> tuple[Scores | None, Scores]:
     """(model scores or None without a model, bicubic scores) for one HR image and scale."""
     lr_size = size_for_scale(hr.shape[:2], scale)
     border = protocol_border(scale)
@@ -67,7 +69,7 @@ def score_image(model: IARN | None, hr: np.ndarray, scale: tuple[float, float]) 
     bicubic = Scores(psnr_y(bic_up, hr, border), ssim_y(bic_up, hr, border), psnr_rgb(bic_up, hr, border))
     if model is None:
         return None, bicubic
-    lr, up = model_roundtrip(model, hr, lr_size)
+    lr, up = model_roundtrip(model, hr, lr_size, tile)
     ours = Scores(psnr_y(up, hr, border), ssim_y(up, hr, border), psnr_rgb(up, hr, border), psnr_y(lr, bic_lr))
     return ours, bicubic
 
@@ -84,11 +86,12 @@ def evaluate(
     datasets: list[str | Path],
     scales: list[tuple[float, float]],
     progress: bool = True,
+    tile: int | None = None,
 ) -> dict:
     """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
 
     Images too small for the protocol at a scale (under 11 pixels left after the border crop)
-    are skipped there and counted.
+    are skipped there and counted. `tile` as in `IARN.downscale`.
     """
     results: dict = {}
     for folder in map(Path, datasets):
@@ -108,7 +111,7 @@ def evaluate(
                 if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:  # no room for an SSIM window
                     skipped[scale] += 1
                     continue
-                ours, bicubic = score_image(model, hr, scale)
+                ours, bicubic = score_image(model, hr, scale, tile)
                 if ours is not None:
                     per_scale[scale][0].append(ours)
                 per_scale[scale][1].append(bicubic)

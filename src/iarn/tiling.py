@@ -16,8 +16,8 @@ from .model.haar import level_size
 from .model.network import IARN, quantize_8bit
 from .resample import input_span
 
-AUTO_TILE_PIXELS = 2048 * 1024  # images with more HR pixels are tiled by default
-DEFAULT_TILE = 512  # HR pixels a side of a tile's core
+AUTO_TILE_PIXELS = 1024 * 1024  # images with more HR pixels are tiled by default
+DEFAULT_TILE = 768  # most HR pixels a side of a tile's core; the fastest on CPU (docs/performance.md)
 CONTEXT = 48  # HR pixels of context around each crop, for the convolutions
 OVERLAP = 8  # output pixels blended on each side of a seam
 
@@ -97,7 +97,7 @@ def tiled_downscale(
 ) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float."""
     hr_size = (x.shape[-2], x.shape[-1])
-    dtype = next(model.parameters()).dtype
+    dtype = model.state_dtype
     if tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS:
         lr, _ = model.down_region(_as_float(x, dtype), hr_size, lr_size)
         return quantize_8bit(lr)
@@ -127,7 +127,7 @@ def tiled_upscale(
 ) -> torch.Tensor:
     """LR (B, 3, h, w) float in [0, 1] or uint8 -> HR (B, 3, H, W) float, clamped to [0, 1]."""
     lr_size = (lr.shape[-2], lr.shape[-1])
-    dtype = next(model.parameters()).dtype
+    dtype = model.state_dtype
 
     def noise_for(index):
         if seed is None:

@@ -9,6 +9,10 @@ encoding:
 
 `G` and `S` share one subnet that outputs both (design.md section 7: same math, fewer kernels).
 Every subnet's last convolution starts at zero, so a fresh block is the identity.
+
+Precision: the subnets run in their weights' dtype (or the autocast dtype); the coupling
+arithmetic above always runs in the dtype of `x` (float32, or float64 in tests), so bfloat16
+weights cost accuracy in F, G and S but not invertibility of the block's algebra.
 """
 
 from __future__ import annotations
@@ -34,11 +38,27 @@ class DenseBlock(nn.Module):
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = [x]
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Features (B, in - K, H, W) and condition (B or 1, K, H, W) -> (B, out, H, W), in the
+        compute dtype."""
+        dtype = _compute_dtype(x.device, self.out.weight.dtype)
+        cond = cond.to(dtype).expand(x.shape[0], -1, -1, -1)
+        if torch.is_grad_enabled():
+            features = [torch.cat([x.to(dtype), cond], dim=1)]
+            for conv in self.convs:
+                features.append(self.act(conv(torch.cat(features, dim=1))))
+            return self.out(torch.cat(features, dim=1))
+        # Inference: one buffer that every convolution appends its output to, instead of
+        # re-concatenating all earlier features (autograd forbids this in-place pattern).
+        growth, width = self.convs[0].out_channels, x.shape[1] + cond.shape[1]
+        features = x.new_empty((x.shape[0], width + 4 * growth, *x.shape[2:]), dtype=dtype)
+        features[:, : x.shape[1]] = x
+        features[:, x.shape[1] : width] = cond
         for conv in self.convs:
-            features.append(self.act(conv(torch.cat(features, dim=1))))
-        return self.out(torch.cat(features, dim=1))
+            new = features[:, width : width + growth]
+            self.act(new.copy_(conv(features[:, :width])))
+            width += growth
+        return self.out(features)
 
 
 class CouplingBlock(nn.Module):
@@ -52,13 +72,13 @@ class CouplingBlock(nn.Module):
         self.gs = DenseBlock(LR_CHANNELS + cond_channels, 2 * self.split, growth)
 
     def _scale_shift(self, a: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.gs(_with_cond(a, cond)).float()
+        out = self.gs(a, cond).to(a.dtype)
         log_scale = self.clamp * (2 * torch.sigmoid(out[:, : self.split]) - 1)
         return log_scale, out[:, self.split :]
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         a, b = x[:, :LR_CHANNELS], x[:, LR_CHANNELS:]
-        a = a + self.f(_with_cond(b, cond)).float()
+        a = a + self.f(b, cond).to(a.dtype)
         log_scale, shift = self._scale_shift(a, cond)
         b = b * torch.exp(log_scale) + shift
         return torch.cat([a, b], dim=1)
@@ -67,11 +87,11 @@ class CouplingBlock(nn.Module):
         a, b = y[:, :LR_CHANNELS], y[:, LR_CHANNELS:]
         log_scale, shift = self._scale_shift(a, cond)
         b = (b - shift) * torch.exp(-log_scale)
-        a = a - self.f(_with_cond(b, cond)).float()
+        a = a - self.f(b, cond).to(a.dtype)
         return torch.cat([a, b], dim=1)
 
 
-def _with_cond(x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-    if cond.shape[1] == 0:
-        return x
-    return torch.cat([x, cond.to(x.dtype).expand(x.shape[0], -1, -1, -1)], dim=1)
+def _compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
+    if torch.is_autocast_enabled(device.type):
+        return torch.get_autocast_dtype(device.type)
+    return weight_dtype

@@ -100,6 +100,12 @@ class IARN(nn.Module):
         )
 
     @property
+    def state_dtype(self) -> torch.dtype:
+        """dtype of images and of the invertible arithmetic: float64 for a float64 model, else
+        float32. Weights in bfloat16 or float16 only make the subnets run in that precision."""
+        return torch.float64 if self.stages[0][0].f.out.weight.dtype == torch.float64 else torch.float32
+
+    @property
     def cell(self) -> int:
         """HR pixels per working-grid pixel along each axis."""
         return 2**self.config.levels
