@@ -92,6 +92,7 @@ class CouplingBlock(nn.Module):
 
 
 def _compute_dtype(device: torch.device, weight_dtype: torch.dtype) -> torch.dtype:
+    # The device-type forms of these two functions need torch >= 2.4.
     if torch.is_autocast_enabled(device.type):
         return torch.get_autocast_dtype(device.type)
     return weight_dtype
