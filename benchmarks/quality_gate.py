@@ -15,25 +15,20 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 import iarn
 from iarn.evaluate import DEFAULT_ASYMMETRIC, DEFAULT_SCALES, evaluate
+from iarn.weights import PRECISIONS
 
 GATE_DB = 0.05
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark" / "Set5"
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def run(weights: str, variant: str, data: Path, scales, device: str) -> dict:
-    model = iarn.load(weights, device=device)
-    tile = None
-    if variant in DTYPES:
-        model = model.to(DTYPES[variant])
-    elif variant.startswith("tile-"):
-        tile = int(variant.removeprefix("tile-"))
-    elif variant != "fp32":
+    tile = int(variant.removeprefix("tile-")) if variant.startswith("tile-") else None
+    precision = "fp32" if tile is not None else variant
+    if precision not in PRECISIONS:
         raise SystemExit(f"unknown variant {variant!r}")
+    model = iarn.load(weights, device=device, precision=precision)
     return evaluate(model, [data], scales, progress=False, tile=tile)[data.name]
 
 

@@ -106,7 +106,7 @@ def picture_from_pil(image: Image.Image) -> Picture:
         rgba = np.array(image.convert("RGBA"))
         rgb, alpha = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
     else:
-        rgb, alpha = np.asarray(image if image.mode == "RGB" else image.convert("RGB")).copy(), None
+        rgb, alpha = np.array(image if image.mode == "RGB" else image.convert("RGB")), None
     return Picture(rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size)
 
 
