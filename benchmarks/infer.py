@@ -44,9 +44,9 @@ from PIL import Image
 import iarn
 from iarn import IARN, ModelConfig
 from iarn.api import downscale_picture, upscale_picture
+from iarn.devices import PRECISIONS
 from iarn.geometry import size_for_scale
 from iarn.imageio import Picture
-from iarn.weights import PRECISIONS
 
 
 def build_model(weights: str, variant: str, device: str) -> tuple[IARN, int | None]:

@@ -16,8 +16,8 @@ import argparse
 from pathlib import Path
 
 import iarn
+from iarn.devices import PRECISIONS
 from iarn.evaluate import DEFAULT_ASYMMETRIC, DEFAULT_SCALES, evaluate
-from iarn.weights import PRECISIONS
 
 GATE_DB = 0.05
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "benchmark" / "Set5"

@@ -35,3 +35,33 @@ def test_quality_gate_runs_on_a_folder(tmp_path, weights_file, photo):
     assert len(verdict) == 1 and ("passes the 0.05 dB gate" in verdict[0] or "FAILS" in verdict[0])
     assert out.count("| bf16 |") == 11
     assert np.isfinite([float(line.split("|")[5]) for line in out.splitlines() if line.startswith("| bf16 | x")]).all()
+
+
+def test_train_throughput_levers_run(tmp_path, photo):
+    for k in range(2):
+        Image.fromarray(np.tile(photo, (2, 2, 1))).save(tmp_path / f"{k}.png")
+    script = str(BENCHMARKS / "train_throughput.py")
+    sizes = ["--blocks-per-level", "1", "--growth", "4", "--batch-size", "2", "--crop", "32", "--big-batch", "4"]
+    timing = ["--warmup", "1", "--steps", "1", "--windows", "1", "--device", "cpu", "--data", str(tmp_path)]
+    out = run_script(script, *sizes, *timing, "--levers", "rebuilt", "cached", "device-crops", "batch")
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if line.startswith("| ") and "x |" in line]
+    assert rows == ["rebuilt", "cached", "device-crops", "batch-4"]
+
+
+def test_gpu_session_smoke_writes_its_files(tmp_path):
+    """The device-session script on the CPU at tiny sizes: the same phases, at most 8 files."""
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "gpu_session.py"), "--smoke", "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "out").iterdir())
+    expected = ["evaluate.json", "evaluate.md", "infer.md", "model.safetensors", "session.md", "throughput.md"]
+    assert set(expected) <= set(files) and len(files) <= 8, (files, result.stdout[-3000:])
+    report = (tmp_path / "out" / "session.md").read_text()
+    statuses = [line for line in report.splitlines() if line.startswith("## ")]
+    assert len(statuses) == 5 and all(": exit 0," in line for line in statuses), statuses
+    assert "fastest lever:" in report

@@ -239,3 +239,18 @@ def test_precision_flag(tmp_path, capsys, photo_file, weights_file):
     with pytest.raises(SystemExit) as exit_info:
         main(["downscale", str(photo_file), "-o", str(tmp_path / "x.png"), "--precision", "int4"])
     assert_one_line_error(exit_info.value.code, capsys.readouterr().err, "invalid choice")
+
+
+def test_compare_writes_a_four_panel_figure(tmp_path, capsys, photo_file, weights_file):
+    out = tmp_path / "figure.png"
+    code, printed, err = run(capsys, "compare", photo_file, "--scale", "2.5", "-o", out, "--weights", weights_file)
+    assert code == 0, err
+    assert "PSNR-Y iarn" in printed and "bicubic" in printed
+    with Image.open(out) as figure:
+        side = 2 * 48  # the most detailed 48-px square (the photo is 70x90), zoomed twice
+        assert figure.size == (4 * side + 12, side + 16)
+    code, printed, err = run(capsys, "compare", photo_file, "--scale", "2", "-o", out, "--weights", weights_file)
+    assert_one_line_error(code, err, "exists; pass --force")
+    args = ("compare", photo_file, "--scale", "2", "-o", out, "--weights", weights_file, "--force", "--crop", "80,0,40")
+    code, printed, err = run(capsys, *args)
+    assert_one_line_error(code, err, "does not fit")

@@ -60,9 +60,35 @@ def tiny_train_args(folder, out, steps, *extra) -> list[str]:
 
 def test_sampler_crops_augments_and_skips_small_images(image_folder):
     sampler = CropSampler([image_folder], crop=32)
-    assert len(sampler.images) == 4
+    assert len(sampler) == 4
     batch = sampler.batch(5, np.random.default_rng(0))
-    assert batch.shape == (5, 3, 32, 32) and batch.dtype == torch.uint8
+    assert batch.shape == (5, 3, 32, 32) and batch.dtype == torch.uint8 and batch.is_contiguous()
+
+
+def test_sampler_gather_equals_numpy_crop_flip_and_rotation(image_folder):
+    """The one-gather batch equals cutting, flipping and np.rot90-ing each crop on the host."""
+    sampler = CropSampler([image_folder], crop=32)
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in sampler.sources]
+    for seed in range(6):
+        draws = sampler.draw(16, np.random.default_rng(seed))
+        batch = sampler.batch(16, np.random.default_rng(seed)).numpy()
+        assert set(draws[4]) == {0, 1, 2, 3} or seed  # every rotation shows up in some batch
+        for k, (image, top, left, flip, turns) in enumerate(draws.T):
+            crop = arrays[image][top : top + 32, left : left + 32]
+            crop = np.rot90(crop[:, ::-1] if flip else crop, k=int(turns))
+            assert np.array_equal(batch[k].transpose(1, 2, 0), crop)
+
+
+def test_sampler_shards_and_skips_unreadable_files(image_folder, tmp_path, capsys):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for path in sorted(image_folder.rglob("*.png")) + sorted(image_folder.rglob("*.webp")):
+        (folder / path.name).write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    everything = CropSampler([folder], crop=32)
+    assert len(everything) == 4 and "skipping" in capsys.readouterr().err and "broken.png" not in map(str, [])
+    halves = [CropSampler([folder], crop=32, shard=(k, 2)) for k in range(2)]
+    assert sorted(p.name for h in halves for p in h.sources) == sorted(p.name for p in everything.sources)
 
 
 def test_scale_sampling_covers_the_range_with_an_asymmetric_share():
@@ -159,12 +185,108 @@ def test_config_file_and_unknown_fields(image_folder, tmp_path, capsys):
 
 
 def test_ddp_two_processes_on_cpu(image_folder, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "iarn"]
+    """torchrun with gloo: two ranks, each decoding half the images; robust to a busy machine
+    (a free port from --standalone, long rendezvous and collective timeouts)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TORCH_GLOO_TIMEOUT_SECONDS": "600"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher += ["--rdzv-conf", "join_timeout=600", "-m", "iarn"]
     command = launcher + tiny_train_args(image_folder, tmp_path / "ddp", 4, "--checkpoint-every", "2", "--no-progress")
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "on 2 x cpu" in result.stdout
+    assert "on 2 x cpu, 2 images on rank 0" in result.stdout
     state = torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=True)
-    assert state["step"] == 4 and len(state["rng"]) == 2
+    assert state["step"] == 4
     assert load_weights(tmp_path / "ddp" / "model.safetensors").config.blocks_per_level == 1
+
+
+def test_resume_keeps_the_recipe_and_takes_new_runtime_settings(image_folder, tmp_path, capsys):
+    """`--resume auto` needs no --data (the checkpoint's), takes a moved data folder, a new
+    step target, device and threads; --steps defaults to the checkpoint's; recipe flags that
+    differ are refused in one line."""
+    out = tmp_path / "run"
+    assert main(tiny_train_args(image_folder, out, 4, "--no-progress", "--stop-at", "2", "--lr", "5e-4")) == 0
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    resumed = ["train", "--out", str(out), "--resume", "auto", "--no-progress"]
+    assert main(resumed + ["--stop-at", "3", "--device", "cpu", "--threads", "1"]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 3 and state["train_config"]["lr"] == 5e-4 and state["train_config"]["steps"] == 4
+    moved = tmp_path / "moved"
+    moved.symlink_to(image_folder, target_is_directory=True)
+    assert main(resumed + ["--data", str(moved), "--steps", "5"]) == 0
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 5 and tuple(state["train_config"]["data"]) == (str(moved),)
+    capsys.readouterr()
+    assert main(resumed + ["--steps", "6", "--lr", "1e-3"]) == 1
+    assert main(resumed + ["--steps", "6", "--growth", "8"]) == 1
+    errors = capsys.readouterr().err.splitlines()
+    assert len(errors) == 2 and "cannot change lr when resuming" in errors[0] and "model.growth" in errors[1]
+    assert main(resumed + ["--steps", "6", "--lr", "5e-4", "--growth", "4"]) == 0  # the same values are fine
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--device", "cuda"], "no usable CUDA"),
+        (["--device", "cuda:1"], "no usable CUDA"),
+        (["--device", "tpu"], "unknown device"),
+        (["--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
+        (["--log-every", "0"], "log_every must be at least 1"),
+        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--compile-mode", "fast"], "compile_mode must be one of"),
+    ],
+)
+def test_bad_training_settings_fail_in_one_line(image_folder, tmp_path, capsys, extra, message):
+    if torch.cuda.is_available() and "cuda" in " ".join(extra):
+        pytest.skip("this machine has CUDA")
+    assert main(tiny_train_args(image_folder, tmp_path / "run", 2, "--no-progress", *extra)) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # nothing left behind
+
+
+def test_negative_steps_and_bad_resume_targets(image_folder, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_train_args(image_folder, run, -3, "--no-progress")) == 1
+    assert "steps must be at least 1" in capsys.readouterr().err and not run.exists()
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    assert main(tiny_train_args(image_folder, run, 2, "--no-progress", "--resume", str(junk))) == 1
+    assert "not an iarn training checkpoint" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(tiny_train_args(image_folder, a_file, 2, "--no-progress")) == 1
+    assert "is not a folder" in capsys.readouterr().err
+
+
+def test_cuda_device_choice_without_cuda():
+    from iarn.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    if not torch.cuda.is_available():
+        if not torch.backends.mps.is_available():
+            assert resolve_device("auto", local_rank=1) == torch.device("cpu")
+        with pytest.raises(ValueError, match="no usable CUDA"):
+            resolve_device("cuda", local_rank=1)
+
+
+def test_adaptive_lr_weight_moves_toward_the_target():
+    from iarn.train import adapt_lambda_lr
+
+    log_lambda = torch.tensor(0.0)
+    adapt_lambda_lr(log_lambda, torch.tensor(1e-3), target=45.0)  # 30 dB: below, so raise
+    assert log_lambda > 0
+    log_lambda = torch.tensor(0.0)
+    adapt_lambda_lr(log_lambda, torch.tensor(1e-7), target=45.0)  # 70 dB: above, so lower
+    assert log_lambda < 0
+
+
+def test_adaptive_lr_weight_trains_and_resumes(image_folder, tmp_path):
+    overrides = dict(lr_psnr_target=45.0, model=ModelConfig(blocks_per_level=1, growth=4))
+    straight = train(small_config(image_folder, tmp_path / "a", **overrides), progress=False)
+    train(small_config(image_folder, tmp_path / "b", **overrides), progress=False, stop_at=3)
+    resumed = train(small_config(image_folder, tmp_path / "b", **overrides), resume="auto", progress=False)
+    a, b = load_weights(straight).state_dict(), load_weights(resumed).state_dict()
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    assert records[-1]["lambda_lr"] != records[0]["lambda_lr"]

@@ -80,15 +80,17 @@ def test_bundled_weights_load_when_present(name):
 
 
 def test_precision_auto_follows_the_cpu(monkeypatch):
+    from iarn import devices
+
     cpu = torch.device("cpu")
-    monkeypatch.setattr(weights_module, "cpu_has_native_bf16", lambda: True)
-    assert weights_module.resolve_precision("auto", cpu) == torch.bfloat16
-    assert weights_module.resolve_precision("auto", torch.device("cuda")) == torch.float32
-    monkeypatch.setattr(weights_module, "cpu_has_native_bf16", lambda: False)
-    assert weights_module.resolve_precision("auto", cpu) == torch.float32
-    assert weights_module.resolve_precision("fp16", cpu) == torch.float16
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert devices.resolve_precision("auto", cpu) == torch.bfloat16
+    assert devices.resolve_precision("auto", torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert devices.resolve_precision("auto", cpu) == torch.float32
+    assert devices.resolve_precision("fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="precision"):
-        weights_module.resolve_precision("int8", cpu)
+        devices.resolve_precision("int8", cpu)
 
 
 def test_load_in_bf16_runs_the_subnets_in_bf16(weights_file):

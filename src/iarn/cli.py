@@ -57,6 +57,17 @@ def parse_scale(text: str) -> tuple[float, float]:
     return (values[0], values[-1])
 
 
+def parse_crop(text: str) -> tuple[int, int, int]:
+    """ "120,80,128" (left, top, size) -> (top, left, size)."""
+    try:
+        left, top, size = (int(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"malformed crop {text!r}: expected X,Y,SIZE, e.g. 120,80,128") from None
+    if min(left, top) < 0 or size < 1:
+        raise argparse.ArgumentTypeError(f"crop {text!r}: X and Y must be >= 0 and SIZE >= 1")
+    return top, left, size
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -116,6 +127,17 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     trip.add_argument("--save", metavar="DIR", help="also write lr.png and restored.png there")
     _common(trip)
+
+    compare = commands.add_parser("compare", help="a figure: one crop as HR / bicubic / iarn / iarn's LR")
+    compare.add_argument("input", nargs="?", metavar="IN", help="an image (default: the bundled sample)")
+    target = compare.add_mutually_exclusive_group(required=True)
+    target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
+    target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
+    compare.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the figure (PNG)")
+    compare.add_argument("--crop", type=parse_crop, metavar="X,Y,SIZE", help="HR square (default: most detailed)")
+    compare.add_argument("--zoom", type=positive_int, default=2, help="panel enlargement (default %(default)s)")
+    compare.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _common(compare)
 
     commands.add_parser("info", help="version, devices and bundled models")
 
@@ -309,11 +331,35 @@ def cmd_roundtrip(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    import numpy as np
+
+    from .compare import comparison
+    from .geometry import target_size
+    from .imageio import picture_from_array, read_picture, write_picture
+
+    path = Path(args.input) if args.input else sample_image_path()
+    target = Path(args.output)
+    _check_target(path, target, args.force)
+    model = _load_model(args)
+    picture = read_picture(path, allow_huge=args.allow_huge)
+    lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
+    figure, scores = comparison(model, picture.rgb, lr_size, args.crop, args.zoom, args.tile)
+    write_picture(picture_from_array(np.asarray(figure)), target.with_suffix(".png"))
+    print(
+        f"{path.name} -> {lr_size[1]}x{lr_size[0]}: PSNR-Y iarn {scores['iarn']:.2f} dB, bicubic "
+        f"{scores['bicubic']:.2f} dB (crop: {scores['iarn_crop']:.2f} / {scores['bicubic_crop']:.2f}); "
+        f"wrote {target.with_suffix('.png')}"
+    )
+    return 0
+
+
 def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .weights import BUNDLED, bundled_path, cpu_has_native_bf16, read_metadata
+    from .devices import cpu_has_native_bf16
+    from .weights import BUNDLED, bundled_path, read_metadata
 
     print(f"iarn {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     cuda = torch.cuda.is_available()
@@ -339,33 +385,34 @@ def cmd_info(args) -> int:
 
 def cmd_train(args) -> int:
     from .model import ModelConfig
-    from .train import TrainConfig, train
+    from .train import TrainConfig, merge_config, read_checkpoint, read_config_file, resume_config, train
 
-    values: dict = {}
-    if args.config:
-        text = Path(args.config).read_text()
-        if args.config.endswith((".yaml", ".yml")):
-            try:
-                import yaml
-            except ImportError:
-                raise CliError("a YAML config needs PyYAML (pip install pyyaml); or use JSON") from None
-            values = yaml.safe_load(text) or {}
-        else:
-            values = json.loads(text)
-    model_values = dict(values.pop("model", {}) or {})
+    given: dict = {}
     for f in dataclasses.fields(TrainConfig):
         if f.name != "model" and getattr(args, f.name, None) is not None:
-            values[f.name] = getattr(args, f.name)
-    for f in dataclasses.fields(ModelConfig):
-        if getattr(args, f.name, None) is not None:
-            model_values[f.name] = getattr(args, f.name)
-    values["model"] = model_values
-    cfg = TrainConfig.from_dict(values)
-    if not cfg.data:
-        raise CliError("no training data: pass --data DIR (or data: in --config)")
+            given[f.name] = tuple(args.data) if f.name == "data" else getattr(args, f.name)
+    model_given = {
+        f.name: getattr(args, f.name) for f in dataclasses.fields(ModelConfig) if getattr(args, f.name) is not None
+    }
+    if model_given:
+        given["model"] = model_given
+    if args.config:
+        base = read_config_file(args.config)
+        model = {**(base.pop("model", None) or {}), **given.get("model", {})}
+        given = {**base, **given, **({"model": model} if model else {})}
+        if "data" in given:
+            given["data"] = tuple(given["data"])
+    out = Path(given.get("out", TrainConfig.out))
+    resume = args.resume
+    if resume == "auto":
+        resume = str(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
+    if resume:
+        cfg = resume_config(read_checkpoint(resume)["train_config"], given)
+    else:
+        cfg = merge_config({}, given)
     final = train(
         cfg,
-        resume=args.resume,
+        resume=resume,
         init_from=args.init_from,
         progress=not args.no_progress,
         stop_at=args.stop_at,
@@ -400,6 +447,7 @@ COMMANDS = {
     "downscale": cmd_downscale,
     "upscale": cmd_upscale,
     "roundtrip": cmd_roundtrip,
+    "compare": cmd_compare,
     "info": cmd_info,
     "train": cmd_train,
     "evaluate": cmd_evaluate,

@@ -24,13 +24,14 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import tempfile
 import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
+
+from .files import atomic_write
 
 HR_SIZE_KEY = "iarn:hr_size"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -183,14 +184,10 @@ def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int,
             raise ImageError(f"{path}: JPEG cannot hold the alpha channel; write PNG or WebP")
     elif suffix == ".webp":
         options["lossless"] = True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
     try:
-        image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"), **options)
-        os.replace(tmp, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            path, lambda tmp: image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"), **options)
+        )
     except (KeyError, OSError, ValueError) as error:
         raise ImageError(f"{path}: cannot write ({error})") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)

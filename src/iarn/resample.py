@@ -9,6 +9,7 @@ resampler that fall inside it, so tiled and untiled processing share one geometr
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
@@ -58,17 +59,37 @@ def resample_matrix(
     """Rows `out_range` and columns `in_range` of the (out_size, in_size) resampling matrix.
 
     Weights of input indices outside `in_range` are dropped (the caller makes the crop wide
-    enough, see `input_span`).
+    enough, see `input_span`). Built in float64 on the CPU, then cast and moved (so devices
+    without float64, such as Apple's MPS, work). Matrices of up to `CACHE_MAX_ELEMENTS` are
+    cached per geometry, dtype and device (a training step and a tiled image reuse a few
+    geometries many times); the result is shared, so never modify it in place.
     """
     o0, o1 = out_range or (0, out_size)
     i0, i1 = in_range or (0, in_size)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if (o1 - o0) * (i1 - i0) <= CACHE_MAX_ELEMENTS:
+        return _cached_matrix(in_size, out_size, (o0, o1), (i0, i1), dtype, device)
+    return _build_matrix(in_size, out_size, (o0, o1), (i0, i1)).to(dtype=dtype, device=device)
+
+
+CACHE_MAX_ELEMENTS = 1 << 20  # 4 MB in float32; with 64 entries at most 256 MB
+
+
+@lru_cache(maxsize=64)
+def _cached_matrix(in_size, out_size, out_range, in_range, dtype, device) -> torch.Tensor:
+    with torch.inference_mode(False):  # an inference tensor could not be reused by training
+        return _build_matrix(in_size, out_size, out_range, in_range).to(dtype=dtype, device=device)
+
+
+def _build_matrix(in_size: int, out_size: int, out_range: tuple[int, int], in_range: tuple[int, int]) -> torch.Tensor:
+    (o0, o1), (i0, i1) = out_range, in_range
     first, _, weights = _windows(in_size, out_size, o0, o1)
     cols = first[:, None] + torch.arange(weights.shape[1])[None, :] - i0
     keep = (cols >= 0) & (cols < i1 - i0) & (weights != 0)
     matrix = torch.zeros(o1 - o0, i1 - i0, dtype=torch.float64)
     rows = torch.arange(o1 - o0)[:, None].expand_as(cols)
     matrix.index_put_((rows[keep], cols[keep]), weights[keep], accumulate=True)
-    return matrix.to(dtype=dtype, device=device)
+    return matrix
 
 
 def apply_matrices(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,12 @@ def _lr_crop_for_hr(model: IARN, hr: int, lr: int, rows: tuple[int, int]) -> tup
     return input_span(lr, hr, *rows)
 
 
+def _untiled(model: IARN, tile: int | None, hr_size: Size) -> bool:
+    if model.config.mode == "naive":  # the comparison baseline: whole images only
+        return True
+    return tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS
+
+
 def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torch.Tensor:
     """Blend `compute(rows, cols)` (output ranges) over a tile grid into `out` (B, C, n, m)."""
     n, m = out.shape[-2:]
@@ -98,7 +104,7 @@ def tiled_downscale(
     """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float."""
     hr_size = (x.shape[-2], x.shape[-1])
     dtype = model.state_dtype
-    if tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS:
+    if _untiled(model, tile, hr_size):
         lr, _ = model.down_region(_as_float(x, dtype), hr_size, lr_size)
         return quantize_8bit(lr)
     tile = tile or DEFAULT_TILE
@@ -135,7 +141,7 @@ def tiled_upscale(
         generator = torch.Generator().manual_seed(hash((seed, *index)) & 0x7FFF_FFFF_FFFF_FFFF)
         return lambda shape: temperature * torch.randn(shape, generator=generator)
 
-    if tile is None and hr_size[0] * hr_size[1] <= AUTO_TILE_PIXELS:
+    if _untiled(model, tile, hr_size):
         return model.up_region(_as_float(lr, dtype), hr_size, lr_size, noise=noise_for((0, 0))).clamp_(0, 1)
     tile = tile or DEFAULT_TILE
     cell = model.cell

@@ -1,10 +1,19 @@
-"""Training: one readable loop (design.md section 4).
+"""Training: one readable loop (docs/design.md, "Training").
 
 Single process:      iarn train --data DIR --out runs/x --steps 20000
 Several GPUs (DDP):  torchrun --nproc_per_node 4 -m iarn train --data DIR --out runs/x
-DDP is set up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK). Each rank
-draws its own crops; rank 0 logs and writes checkpoints. `--resume auto` continues from
-`OUT/checkpoint.pt` when it exists; `--init-from WEIGHTS` starts from a weight file.
+
+DDP is set up from torchrun's environment variables (RANK, WORLD_SIZE, LOCAL_RANK): each rank
+takes GPU LOCAL_RANK, decodes only its share of the images and draws its own crops; rank 0 logs
+and writes checkpoints. `--resume auto` continues from `OUT/checkpoint.pt` when it exists, with
+the checkpoint's model and recipe; where the data lives, the device, precision, compilation,
+threads, logging and the step target may be given again (`RUNTIME_FIELDS`). `--init-from
+WEIGHTS` starts a new run from a weight file.
+
+The pieces: `setup_runtime` (processes and device), `build_state` (model, optimiser, step),
+`next_batch` (the step's crops and scale), `train_step` (down, quantise, up, losses, backward,
+clip, Adam; also what benchmarks/train_throughput.py times), `RunLog` (JSONL, TensorBoard,
+progress bar), and `train`, the loop that joins them.
 """
 
 from __future__ import annotations
@@ -13,22 +22,38 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .data import CropSampler, sample_scale
+from .data import CropSampler, sample_scale, step_rng
+from .devices import resolve_device
+from .files import atomic_write
 from .geometry import size_for_scale
 from .model import IARN, ModelConfig, quantize_8bit
 from .resample import resize
 from .weights import load_weights, save_weights
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+# Fields that describe where and how fast a run executes, not what it learns: a resumed run may
+# set these anew; every other field comes from the checkpoint.
+RUNTIME_FIELDS = (
+    "data",
+    "out",
+    "steps",
+    "checkpoint_every",
+    "log_every",
+    "amp",
+    "compile",
+    "compile_mode",
+    "device",
+    "threads",
+)
 
 
 @dataclass(frozen=True)
@@ -41,23 +66,25 @@ class TrainConfig:
     steps: int = 20000
     batch_size: int = 16
     crop: int = 144
-    lr: float = 2e-4
+    lr: float = 2e-4  # the learning rate (Adam)
     schedule: str = "cosine"  # cosine | step (halve at 50, 75, 90 %)
     warmup: int = 100
     grad_clip: float = 10.0
     lambda_rec: float = 1.0  # L1(upscale(quantised LR), HR), mean over pixels
-    lambda_lr: float = 8.0  # L2(LR, bicubic(HR)), mean over pixels
-    lambda_z: float = 1.0  # mean(z^2) (split) or mean((x' - up(LR))^2) (cycle)
+    lambda_lr: float = 8.0  # L2(LR, bicubic(HR)), mean over pixels; the start value when adaptive
+    lr_psnr_target: float = 0.0  # > 0: adapt lambda_lr each step to hold the LR's PSNR (RGB, dB) there
+    lambda_z: float = 1.0  # mean(z^2) (split, naive) or mean((x' - up(LR))^2) (cycle)
     scale_min: float = 1.1
     scale_max: float = 4.0
-    scale_power: float = 2.0  # density of s proportional to s**power (AIDN: 2)
+    scale_power: float = 2.0  # density of s proportional to s**power (AIDN: 2; -1: log-uniform)
     asymmetric_share: float = 0.3
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 20
-    amp: str = "none"  # none | bf16 (CUDA only; the coupling arithmetic stays fp32)
-    compile: bool = False
-    device: str = "auto"
+    amp: str = "none"  # none | bf16 (the coupling arithmetic stays fp32)
+    compile: bool = False  # torch.compile the invertible core (static shapes; see IARN.compile_core)
+    compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs on a GPU
+    device: str = "auto"  # auto (cuda:LOCAL_RANK, else mps, else cpu) | cpu | cuda | cuda:N | mps
     threads: int = 0  # CPU threads for torch (0: torch's default)
 
     def __post_init__(self) -> None:
@@ -65,6 +92,15 @@ class TrainConfig:
             raise ValueError("schedule must be cosine or step")
         if self.amp not in ("none", "bf16"):
             raise ValueError("amp must be none or bf16")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}")
+        for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0 or self.threads < 0:
+            raise ValueError("warmup and threads must not be negative")
+        if not (self.lr > 0 and self.grad_clip > 0):
+            raise ValueError("lr and grad_clip must be positive")
         if self.crop % (2 * 2**self.model.levels):
             raise ValueError(f"crop must be a multiple of {2 * 2**self.model.levels}")
         if not 1.0 <= self.scale_min <= self.scale_max <= self.model.max_scale:
@@ -76,7 +112,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
-        model = ModelConfig.from_dict(values.pop("model", {}))
+        model = ModelConfig.from_dict(values.pop("model", {}) or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -84,6 +120,68 @@ class TrainConfig:
         if "data" in values:
             values["data"] = tuple(values["data"])
         return cls(model=model, **values)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
+        """A config from a JSON (or, with PyYAML, YAML) file of TrainConfig fields, with `model`
+        as a nested mapping; `overrides` replace fields (and `model` entries, given as a dict)."""
+        return merge_config(read_config_file(path), overrides)
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The raw mapping of config fields in a JSON or YAML file; ValueError (one line) otherwise."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the config file ({error.strerror})") from None
+    if path.suffix.lower() in (".yaml", ".yml"):
+        try:
+            import yaml
+        except ImportError:
+            raise ValueError("a YAML config needs PyYAML (pip install pyyaml); or use JSON") from None
+        try:
+            values = yaml.safe_load(text) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: not valid JSON ({error})") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of config fields")
+    return values
+
+
+def merge_config(values: dict, overrides: dict) -> TrainConfig:
+    """TrainConfig from `values` with `overrides` on top; `model` overrides merge per field."""
+    values = {**values}
+    model = {**(values.pop("model", None) or {}), **(overrides.get("model") or {})}
+    values.update({k: v for k, v in overrides.items() if k != "model"})
+    return TrainConfig.from_dict({**values, "model": model})
+
+
+def resume_config(saved: dict, given: dict) -> TrainConfig:
+    """The config a resumed run continues with: the checkpoint's (`saved`), with the runtime
+    fields in `given` set anew. Any other field in `given` must equal the checkpoint's: a run
+    cannot change what it learns halfway (start a new run with `--init-from` instead)."""
+    changed = []
+    for name, value in given.items():
+        if name in RUNTIME_FIELDS:
+            continue
+        old = saved.get(name)
+        if name == "model":
+            old_model = {**dataclasses.asdict(ModelConfig()), **(old or {})}
+            changed += [f"model.{k}" for k, v in value.items() if old_model.get(k) != v]
+        elif old != value and not (isinstance(old, list) and tuple(old) == value):
+            changed.append(name)
+    if changed:
+        raise ValueError(
+            f"cannot change {', '.join(sorted(changed))} when resuming: a resumed run keeps its checkpoint's "
+            "model and recipe (start a new run with --init-from to change them)"
+        )
+    return merge_config(saved, {k: v for k, v in given.items() if k in RUNTIME_FIELDS})
 
 
 class RescaleLoss(nn.Module):
@@ -97,21 +195,37 @@ class RescaleLoss(nn.Module):
         self.model = model
         self.cfg = cfg
 
-    def forward(self, hr: torch.Tensor, lr_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def forward(
+        self, hr: torch.Tensor, lr_size: tuple[int, int], lambda_lr: torch.Tensor | float
+    ) -> dict[str, torch.Tensor]:
         hr_size = (hr.shape[-2], hr.shape[-1])
-        lr, aux = self.model.down_region(hr, hr_size, lr_size)
+        lr, by_product = self.model.down_region(hr, hr_size, lr_size)
         lr_q = quantize_8bit(lr)
         recon = self.model.up_region(lr_q, hr_size, lr_size)
         with torch.no_grad():
             reference = resize(hr, lr_size)
-        if self.model.config.mode == "split":
-            latent = aux.float().pow(2).mean()
-        else:
-            latent = F.mse_loss(aux.float(), resize(lr_q, hr_size).float())
+        if self.model.config.mode in ("split", "naive"):  # the by-product is z
+            latent = by_product.float().pow(2).mean()
+        else:  # the full-resolution image x' must survive the down-up cycle
+            latent = F.mse_loss(by_product.float(), resize(lr_q, hr_size).float())
         rec = F.l1_loss(recon.float(), hr)
-        fit = F.mse_loss(lr.float(), reference)
-        total = self.cfg.lambda_rec * rec + self.cfg.lambda_lr * fit + self.cfg.lambda_z * latent
-        return {"loss": total, "rec": rec, "lr": fit, "z": latent}
+        lr_fit = F.mse_loss(lr.float(), reference)
+        total = self.cfg.lambda_rec * rec + lambda_lr * lr_fit + self.cfg.lambda_z * latent
+        return {"loss": total, "rec": rec, "lr_fit": lr_fit, "latent": latent}
+
+
+ADAPT_GAIN = 0.002  # change of ln(lambda_lr) per step and dB of LR PSNR off the target
+ADAPT_MAX_ERROR = 5.0  # dB; so an early, near-perfect LR (a fresh cycle model's is exact) moves lambda gently
+ADAPT_BOUNDS = (0.01, 1000.0)
+
+
+def adapt_lambda_lr(log_lambda: torch.Tensor, lr_fit: torch.Tensor, target: float) -> None:
+    """One step of the LR-loss controller, in place and on the device (no host sync): raise
+    lambda_lr while the batch's LR PSNR (from `lr_fit`, the LR's mean squared error) is below
+    `target` dB, lower it while above."""
+    psnr = -10 * torch.log10(lr_fit.detach().float().clamp_min(1e-12))
+    error = (target - psnr).clamp(-ADAPT_MAX_ERROR, ADAPT_MAX_ERROR)
+    log_lambda.add_(ADAPT_GAIN * error).clamp_(*(math.log(b) for b in ADAPT_BOUNDS))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -123,19 +237,208 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr * 0.5 ** sum(progress >= m for m in (0.5, 0.75, 0.9))
 
 
-def _atomic_torch_save(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+# -- processes and devices -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where this process trains: its device and its place among torchrun's processes."""
+
+    device: torch.device
+    rank: int = 0
+    local_rank: int = 0
+    world: int = 1
+
+    @property
+    def ddp(self) -> bool:
+        return self.world > 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: TrainConfig) -> Runtime:
+    """Pick the device, set CUDA flags and threads, and join torchrun's process group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(cfg.device, local_rank, world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", device_id=_device_id(device))
+    return Runtime(device, rank, local_rank, world)
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    return device if device.type == "cuda" else None
+
+
+# -- model, optimiser and checkpoints -------------------------------------------------------
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the config: the weights, Adam's moments, the step, and
+    the adaptive LR-loss weight (ln lambda_lr, a device scalar)."""
+
+    model: IARN
+    optimizer: torch.optim.Optimizer
+    step: int
+    log_lambda_lr: torch.Tensor
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """A training checkpoint as a dict; ValueError (one line) when it is not one."""
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ValueError(f"{path}: no such checkpoint") from None
+    except Exception as error:  # torch.load raises many kinds for a file that is not a checkpoint
+        raise ValueError(f"{path}: not an iarn training checkpoint ({type(error).__name__})") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "step", "train_config"} <= set(state):
+        raise ValueError(f"{path}: not an iarn training checkpoint")
+    return state
 
 
-def _rng_state(rng: np.random.Generator) -> dict:
-    return {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+def build_state(cfg: TrainConfig, device: torch.device, checkpoint: dict | None, init_from: str | None) -> TrainState:
+    """A fresh, fine-tuned (`init_from`) or resumed (`checkpoint`) model with its optimiser."""
+    if checkpoint is None and init_from:
+        model = load_weights(init_from)
+        if model.config != cfg.model:
+            raise ValueError(f"{init_from}: its model config {model.config} differs from the run's {cfg.model}")
+    else:
+        torch.manual_seed(cfg.seed)
+        model = IARN(cfg.model)
+    model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    state = TrainState(model, optimizer, 0, torch.tensor(math.log(cfg.lambda_lr), device=device))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        state.step = int(checkpoint["step"])
+        state.log_lambda_lr.fill_(checkpoint.get("log_lambda_lr", math.log(cfg.lambda_lr)))
+    return state
+
+
+def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
+    payload = {
+        "model": state.model.state_dict(),
+        "optimizer": state.optimizer.state_dict(),
+        "step": state.step,
+        "log_lambda_lr": float(state.log_lambda_lr),
+        "train_config": cfg.to_dict(),
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+# -- one step ---------------------------------------------------------------------------------
+
+
+def next_batch(
+    sampler: CropSampler, cfg: TrainConfig, rank: int, step: int
+) -> tuple[torch.Tensor, tuple[int, int], tuple[float, float]]:
+    """The HR crops (B, 3, crop, crop) float in [0, 1] on the sampler's device, the LR size
+    and the scale of step `step` on `rank`: a function of (seed, rank, step) alone."""
+    rng = step_rng(cfg.seed, rank, step)
+    scale = sample_scale(rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share)
+    hr = sampler.batch(cfg.batch_size, rng).float().div_(255)
+    return hr, size_for_scale((cfg.crop, cfg.crop), scale), scale
+
+
+def train_step(
+    loss_module: nn.Module,
+    state: TrainState,
+    cfg: TrainConfig,
+    hr: torch.Tensor,
+    lr_size: tuple[int, int],
+    world: int = 1,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One optimisation step on a batch; returns the losses and the gradient norm (device
+    tensors: nothing here waits for the GPU)."""
+    for group in state.optimizer.param_groups:
+        group["lr"] = learning_rate(cfg, state.step)
+    adaptive = cfg.lr_psnr_target > 0
+    lambda_lr = state.log_lambda_lr.exp() if adaptive else cfg.lambda_lr
+    with torch.autocast(state.log_lambda_lr.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
+        losses = loss_module(hr, lr_size, lambda_lr)
+    if adaptive:
+        lr_fit = losses["lr_fit"].detach().clone()
+        if world > 1:  # every rank keeps the same weight
+            dist.all_reduce(lr_fit)
+            lr_fit /= world
+        adapt_lambda_lr(state.log_lambda_lr, lr_fit, cfg.lr_psnr_target)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    state.optimizer.step()
+    state.step += 1
+    return {**losses, "lambda_lr": torch.as_tensor(lambda_lr)}, grad_norm
+
+
+def make_loss_module(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> nn.Module:
+    """RescaleLoss around the model, its core compiled if asked, wrapped by DDP under torchrun."""
+    if cfg.compile:
+        state.model.compile_core(cfg.compile_mode)
+    module: nn.Module = RescaleLoss(state.model, cfg)
+    if runtime.ddp:
+        device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
+        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+    return module
+
+
+# -- logging ----------------------------------------------------------------------------------
+
+
+class RunLog:
+    """Rank 0's record of a run: JSONL lines, TensorBoard scalars (when installed) and a
+    progress bar. Files are opened at the first record, so a run that fails early leaves none."""
+
+    def __init__(self, out: Path, total: int, start: int, progress: bool) -> None:
+        self.out = out
+        self.file = None
+        self.writer = None
+        self.bar = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
+
+    def record(self, step: int, values: dict) -> None:
+        if self.file is None:
+            self.file = open(self.out / "log.jsonl", "a")
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(self.out / "tensorboard"))
+            except ImportError:
+                pass
+        self.file.write(json.dumps({"step": step, **values}) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key in ("loss", "rec", "lr_fit", "latent", "lambda_lr", "steps_per_s"):
+                self.writer.add_scalar(f"train/{key}", values[key], step)
+        if self.bar is not None:
+            self.bar.set_postfix(
+                loss=f"{values['loss']:.4f}", rec=f"{values['rec']:.4f}", sps=f"{values['steps_per_s']:.2f}"
+            )
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def close(self) -> None:
+        for thing in (self.bar, self.file, self.writer):
+            if thing is not None:
+                thing.close()
+
+
+# -- the loop ---------------------------------------------------------------------------------
 
 
 def train(
@@ -148,162 +451,87 @@ def train(
 ) -> Path:
     """Train; returns the path of the weight file written at the end (`OUT/model.safetensors`).
 
-    `stop_at` (a step) and `max_minutes` end this invocation early without changing the
-    schedule: the checkpoint it writes lets `resume="auto"` carry on to `cfg.steps`.
+    `resume` ("auto" or a checkpoint path) continues a run: `cfg` must then carry the
+    checkpoint's recipe (see `resume_config`, which builds such a config). `stop_at` (a step)
+    and `max_minutes` end this invocation early without changing the schedule: the checkpoint
+    it writes lets `resume="auto"` carry on to `cfg.steps`.
     """
-    # -- processes and devices (torchrun sets these; a plain run is rank 0 of 1) --
-    ddp = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if cfg.device == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(cfg.device)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    if ddp:
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    master = rank == 0
     out = Path(cfg.out)
-    if master:
-        out.mkdir(parents=True, exist_ok=True)
-
-    # -- model, optimiser, state --
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out}: exists and is not a folder (--out names the run's folder)")
     checkpoint_path = out / "checkpoint.pt"
     if resume == "auto":
         resume = str(checkpoint_path) if checkpoint_path.exists() else None
-    state = torch.load(resume, map_location="cpu", weights_only=True) if resume else None
-    if state is not None:
-        cfg = TrainConfig.from_dict({**state["train_config"], "out": cfg.out, "steps": cfg.steps})
-    if init_from and state is None:
-        model = load_weights(init_from)
-        cfg = dataclasses.replace(cfg, model=model.config)
-    else:
-        torch.manual_seed(cfg.seed)
-        model = IARN(cfg.model)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
-    rng = np.random.default_rng([cfg.seed, rank])
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step = state["step"]
-        rng.bit_generator.state = state["rng"][rank]["numpy"] if rank < len(state["rng"]) else rng.bit_generator.state
-    loss_module: nn.Module = RescaleLoss(model, cfg)
-    if cfg.compile:
-        loss_module = torch.compile(loss_module)
-    if ddp:
-        loss_module = nn.parallel.DistributedDataParallel(
-            loss_module, device_ids=[device.index] if device.type == "cuda" else None
-        )
-    sampler = CropSampler(list(cfg.data), cfg.crop)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16")
+    checkpoint = read_checkpoint(resume) if resume else None
+    if checkpoint is not None:
+        cfg = _checked_resume(cfg, checkpoint)
+    elif init_from:
+        cfg = dataclasses.replace(cfg, model=load_weights(init_from).config)
+    if not cfg.data:
+        raise ValueError("no training data: pass --data DIR (or data: in --config)")
 
-    # -- logging --
-    log = open(out / "log.jsonl", "a") if master else None
-    writer = None
-    if master:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(str(out / "tensorboard"))
-        except ImportError:
-            pass
+    runtime = setup_runtime(cfg)
+    sampler = CropSampler(list(cfg.data), cfg.crop, runtime.device, shard=(runtime.rank, runtime.world))
+    state = build_state(cfg, runtime.device, checkpoint, init_from)
+    loss_module = make_loss_module(state, cfg, runtime)
+    log = None
+    if runtime.master:
+        out.mkdir(parents=True, exist_ok=True)
+        params = sum(p.numel() for p in state.model.parameters()) / 1e6
         print(
-            f"training {sum(p.numel() for p in model.parameters()) / 1e6:.2f} M parameters "
-            f"({cfg.model.mode}) on {world} x {device.type}, {len(sampler.images)} images, from step {step}",
+            f"training {params:.2f} M parameters ({cfg.model.mode}) on {runtime.world} x {runtime.device.type}, "
+            f"{len(sampler)} images on rank 0, from step {state.step}",
             flush=True,
         )
-    bar = None
-    if master and progress:
-        from tqdm import tqdm
+        log = RunLog(out, cfg.steps, state.step, progress)
 
-        bar = tqdm(total=cfg.steps, initial=step, unit="step", dynamic_ncols=True)
-
-    def save_checkpoint() -> None:
-        states = [None] * world
-        own = _rng_state(rng)
-        if ddp:
-            dist.all_gather_object(states, own)
-        else:
-            states = [own]
-        if master:
-            _atomic_torch_save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "step": step,
-                    "rng": states,
-                    "train_config": cfg.to_dict(),
-                },
-                checkpoint_path,
-            )
-
-    # -- the loop --
     started = window_start = time.perf_counter()
     window_steps = 0
-    while step < cfg.steps:
-        out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
-        if ddp:  # every rank must agree to stop at the same step
-            flag = torch.tensor(float(out_of_time), device=device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            out_of_time = bool(flag.item())
-        if (stop_at is not None and step >= stop_at) or out_of_time:
-            save_checkpoint()
+    while state.step < cfg.steps:
+        if stop_at is not None and state.step >= stop_at or _out_of_time(started, max_minutes, runtime):
             break
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        scale = sample_scale(rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share)
-        lr_size = size_for_scale((cfg.crop, cfg.crop), scale)
-        hr = sampler.batch(cfg.batch_size, rng).to(device, non_blocking=True).float().div_(255)
-        with autocast:
-            losses = loss_module(hr, lr_size)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
+        hr, lr_size, scale = next_batch(sampler, cfg, runtime.rank, state.step)
+        losses, grad_norm = train_step(loss_module, state, cfg, hr, lr_size, runtime.world)
         window_steps += 1
-        if master and (step % cfg.log_every == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - window_start
-            rate = window_steps / elapsed
-            record = {k: round(float(v.detach()), 7) for k, v in losses.items()}
-            record.update(
-                step=step,
-                lr_rate=learning_rate(cfg, step - 1),
+        if log is not None and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
+            rate = window_steps / (time.perf_counter() - window_start)
+            values = {k: round(float(v.detach()), 7) for k, v in losses.items()}
+            values.update(
+                learning_rate=learning_rate(cfg, state.step - 1),
                 grad_norm=round(float(grad_norm), 4),
                 steps_per_s=round(rate, 3),
-                mp_per_s=round(rate * world * cfg.batch_size * cfg.crop**2 / 1e6, 3),
+                mp_per_s=round(rate * runtime.world * cfg.batch_size * cfg.crop**2 / 1e6, 3),
                 scale=[round(s, 3) for s in scale],
                 time=time.time(),
             )
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            if writer is not None:
-                for key in ("loss", "rec", "lr", "z", "steps_per_s"):
-                    writer.add_scalar(f"train/{key}", record[key], step)
-            if bar is not None:
-                bar.set_postfix(loss=f"{record['loss']:.4f}", rec=f"{record['rec']:.4f}", sps=f"{rate:.2f}")
+            log.record(state.step, values)
             window_start, window_steps = time.perf_counter(), 0
-        if bar is not None:
-            bar.update(1)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            save_checkpoint()
-    if bar is not None:
-        bar.close()
-    final = out / "model.safetensors"
-    if master:
-        save_weights(model, final, training={"steps": step, "train_config": cfg.to_dict()})
+        if log is not None:
+            log.advance()
+        if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and runtime.master:
+            save_checkpoint(state, cfg, checkpoint_path)
+    if runtime.master:
+        save_checkpoint(state, cfg, checkpoint_path)
         log.close()
-        if writer is not None:
-            writer.close()
-    if ddp:
+    final = out / "model.safetensors"
+    if runtime.master:
+        save_weights(state.model, final, training={"steps": state.step, "train_config": cfg.to_dict()})
+    if runtime.ddp:
         dist.barrier()
         dist.destroy_process_group()
     return final
+
+
+def _checked_resume(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
+    """`cfg` for a resumed run, checked against the checkpoint's recipe."""
+    given = cfg.to_dict()
+    return resume_config(checkpoint["train_config"], given)
+
+
+def _out_of_time(started: float, max_minutes: float | None, runtime: Runtime) -> bool:
+    out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+    if runtime.ddp:  # every rank must agree to stop at the same step
+        flag = torch.tensor(float(out_of_time), device=runtime.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        out_of_time = bool(flag.item())
+    return out_of_time

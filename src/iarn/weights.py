@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 
@@ -17,12 +16,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from .devices import resolve_device, resolve_precision
+from .files import atomic_write
 from .model import IARN, ModelConfig
 
 FORMAT = "iarn"
 FORMAT_VERSION = "1"
-BUNDLED = ("default", "tiny")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+BUNDLED = ("default",)
 
 
 class WeightsError(ValueError):
@@ -35,15 +35,7 @@ def save_weights(model: IARN, path: str | os.PathLike, training: dict | None = N
     if training is not None:
         metadata["training"] = json.dumps(training, sort_keys=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:
@@ -71,16 +63,22 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as error:
         raise WeightsError(f"{path}: its config does not fit this iarn: {error}") from None
-    model = IARN(config)
-    tensors = load_file(str(path))
-    expected = model.state_dict()
-    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    wrong = [k for k in expected if k in tensors and tensors[k].shape != expected[k].shape]
+    with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to fit
+        expected = {name: tuple(t.shape) for name, t in IARN(config).state_dict().items()}
+    with safe_open(str(path), framework="pt") as f:
+        stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
+    missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
+    wrong = [k for k in expected if k in stored and stored[k] != expected[k]]
     if missing or extra or wrong:
         raise WeightsError(
             f"{path}: tensors do not fit its config ({len(missing)} missing, {len(extra)} unexpected, "
             f"{len(wrong)} of the wrong shape, e.g. {(missing + extra + wrong)[:3]})"
         )
+    tensors = load_file(str(path))
+    broken = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
+    if broken:
+        raise WeightsError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. {broken[0]}")
+    model = IARN(config)
     model.load_state_dict(tensors)
     return model.to(device).eval()
 
@@ -91,47 +89,12 @@ def bundled_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    if str(device) != "auto":
-        device = torch.device(device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("device cuda was asked for, but CUDA is not available")
-        if device.type == "mps" and not torch.backends.mps.is_available():
-            raise RuntimeError("device mps was asked for, but MPS is not available")
-        return device
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AMX or AVX-512 BF16), so fast;
-    elsewhere oneDNN emulates them, slower than float32."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check is not None and check() for check in checks)
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """The subnets' dtype for `precision`: fp32, bf16, fp16, or `auto`.
-
-    `auto` is bf16 on a CPU with native bf16 (Set5 PSNR-Y within 0.002 dB of fp32 and about
-    2x faster, docs/performance.md) and fp32 everywhere else (not measured there).
-    """
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}")
-    return PRECISIONS[precision]
-
-
 def load(
     path_or_name: str | os.PathLike | None = None,
     device: str | torch.device = "auto",
     precision: str = "fp32",
 ) -> IARN:
-    """A ready model (eval mode) from a weight file path or a bundled name (`default`, `tiny`).
+    """A ready model (eval mode) from a weight file path or a bundled name (`BUNDLED`).
 
     `precision` (fp32, bf16, fp16 or auto, see `resolve_precision`) is the dtype the subnets run
     in; images and the invertible arithmetic stay float32 (`IARN.state_dtype`). fp32 is exact
@@ -148,5 +111,7 @@ def load(
             )
     else:
         path = Path(name)
+        if not path.exists() and path.suffix != ".safetensors" and not any(sep in name for sep in "/\\"):
+            raise WeightsError(f"no bundled model named {name!r} (bundled: {', '.join(BUNDLED)}) and no such file")
     device = resolve_device(device)
     return load_weights(path, device).to(resolve_precision(precision, device))

@@ -9,18 +9,19 @@ The maps depend only on geometry, so down- and upscaling compute the same ones.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import torch
 
-ENCODINGS = ("pse", "sincos", "off")
+ENCODINGS = ("pse", "sincos", "scale", "off")
 
 
 def encoding_channels(kind: str) -> int:
-    return {"pse": 4, "sincos": 6, "off": 4}[kind]
+    return {"pse": 4, "sincos": 6, "scale": 4, "off": 4}[kind]
 
 
-def _phase(start: int, count: int, cell: int, ratio: float, device) -> torch.Tensor:
-    index = torch.arange(start, start + count, dtype=torch.float64, device=device)
+def _phase(start: int, count: int, cell: int, ratio: float) -> torch.Tensor:
+    index = torch.arange(start, start + count, dtype=torch.float64)
     u = (index + 0.5) * cell * ratio - 0.5
     return u - torch.round(u)
 
@@ -36,18 +37,36 @@ def scale_encoding(
 ) -> torch.Tensor:
     """Maps of shape (1, K, grid_h, grid_w), float32, for grid rows/cols starting at `grid_start`.
 
+    Computed in float64 on the CPU (so devices without float64 work), cached per geometry and
+    device; the result is shared, so never modify it in place.
+
     `pse`: [1/s_h, 1/s_w, delta_h, delta_w]; `sincos`: [1/s_h, 1/s_w, sin, cos of 2*pi*delta_h,
-    then of delta_w]; `off`: four all-zero maps (the ablation without encoding).
+    then of delta_w]; `scale`: [1/s_h, 1/s_w, 0, 0] (the scale without the position: the
+    ablation that isolates the position-aware part); `off`: four all-zero maps (no encoding).
     """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (kind, tuple(grid_start), tuple(grid_size), cell, tuple(hr_size), tuple(lr_size), device)
+    return _cached_encoding(*key)
+
+
+@lru_cache(maxsize=256)
+def _cached_encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, device) -> torch.Tensor:
+    with torch.inference_mode(False):  # an inference tensor could not be reused by training
+        return _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size).to(device)
+
+
+def _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size) -> torch.Tensor:
     rows, cols = grid_size
     inv_h, inv_w = lr_size[0] / hr_size[0], lr_size[1] / hr_size[1]
     if kind == "off":
-        return torch.zeros(1, 4, rows, cols, device=device)
-    delta_h = _phase(grid_start[0], rows, cell, inv_h, device)[:, None].expand(rows, cols)
-    delta_w = _phase(grid_start[1], cols, cell, inv_w, device)[None, :].expand(rows, cols)
-    maps = [torch.full((rows, cols), inv_h, device=device), torch.full((rows, cols), inv_w, device=device)]
+        return torch.zeros(1, 4, rows, cols)
+    delta_h = _phase(grid_start[0], rows, cell, inv_h)[:, None].expand(rows, cols)
+    delta_w = _phase(grid_start[1], cols, cell, inv_w)[None, :].expand(rows, cols)
+    maps = [torch.full((rows, cols), inv_h, dtype=torch.float64), torch.full((rows, cols), inv_w, dtype=torch.float64)]
     if kind == "pse":
         maps += [delta_h, delta_w]
+    elif kind == "scale":
+        maps += [torch.zeros_like(delta_h), torch.zeros_like(delta_w)]
     elif kind == "sincos":
         for delta in (delta_h, delta_w):
             maps += [torch.sin(2 * math.pi * delta), torch.cos(2 * math.pi * delta)]

@@ -24,12 +24,20 @@ import torch
 from torch import nn
 
 from ..geometry import Size, target_size
-from ..resample import apply_matrices, resample_matrix
+from ..resample import apply_matrices, resample_matrix, resize
 from .coupling import LR_CHANNELS, CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
 from .haar import haar_forward, haar_forward_levels, haar_inverse, haar_inverse_levels, level_size
 
-MODES = ("split", "cycle")
+MODES = ("split", "cycle", "naive")
+# Sane bounds, checked before anything is built: a weight file's config cannot ask for absurd sizes.
+CONFIG_BOUNDS = {
+    "levels": (1, 4),
+    "blocks_per_level": (1, 64),
+    "growth": (1, 512),
+    "clamp": (0.01, 10.0),
+    "max_scale": (1.0, 16.0),
+}
 Range = tuple[int, int]
 NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
 
@@ -39,7 +47,10 @@ class ModelConfig:
     """Architecture of an IARN model; stored as JSON in every weight file.
 
     mode: how the LR is formed, `cycle` (invert the Haar, bicubic-resize the full-resolution
-        output) or `split` (resample only the first 3 channels of the working grid).
+        output) or `split` (resample only the first 3 channels of the working grid); `naive`
+        is the comparison baseline of docs/design.md: bicubic-resize the HR to twice the LR
+        size, run a fixed x2 model (split at 1 level), bicubic-resize back on the way up.
+        Train it at scale 2 (`scale_min = scale_max = 2`); it processes whole images only.
     levels: Haar levels; blocks_per_level coupling blocks follow each.
     growth: width of the dense subnets. clamp: bound of the coupling's log-scale.
     encoding: `pse` (4 maps), `sincos` (6 maps) or `off` (4 zero maps).
@@ -59,10 +70,15 @@ class ModelConfig:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
-        if self.levels < 1 or self.blocks_per_level < 1 or self.growth < 1:
-            raise ValueError("levels, blocks_per_level and growth must be positive")
-        if not self.max_scale >= 1:
-            raise ValueError("max_scale must be at least 1")
+        if self.mode == "naive" and self.levels != 1:
+            raise ValueError("mode naive is a x2 model: it needs levels = 1")
+        for name, (low, high) in CONFIG_BOUNDS.items():
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
+                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
+        for name in ("levels", "blocks_per_level", "growth"):
+            if not isinstance(getattr(self, name), int):
+                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -123,23 +139,42 @@ class IARN(nn.Module):
     def encode(self, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size = (0, 0)) -> torch.Tensor:
         """Invertible core, forward: HR crop (B, 3, Hc, Wc) -> working grid (B, 3*4^L, ...)."""
         conds = self._conds(hr_size, lr_size, hr_start, tuple(x.shape[-2:]), x.device)
-        for blocks, cond in zip(self.stages, conds):
-            x = haar_forward(x)
-            for block in blocks:
-                x = block(x, cond)
-        return x
+        return self.core_forward(x, conds)
 
     def decode(
         self, y: torch.Tensor, hr_size: Size, lr_size: Size, crop: Size, hr_start: Size = (0, 0)
     ) -> torch.Tensor:
         """Invertible core, inverse: working grid -> HR crop of size `crop` (Hc, Wc)."""
         conds = self._conds(hr_size, lr_size, hr_start, crop, y.device)
+        return self.core_inverse(y, conds, crop)
+
+    def core_forward(self, x: torch.Tensor, conds: list[torch.Tensor]) -> torch.Tensor:
+        """Haar levels and coupling blocks, given the per-level scale encodings. Its shapes depend
+        only on the crop, not on the scale: this is the part `compile_core` compiles."""
+        for blocks, cond in zip(self.stages, conds):
+            x = haar_forward(x)
+            for block in blocks:
+                x = block(x, cond)
+        return x
+
+    def core_inverse(self, y: torch.Tensor, conds: list[torch.Tensor], crop: Size) -> torch.Tensor:
+        """Inverse of `core_forward` for an HR crop of size `crop`."""
         for level in range(self.config.levels, 0, -1):
             cond = conds[level - 1]
             for block in reversed(self.stages[level - 1]):
                 y = block.inverse(y, cond)
             y = haar_inverse(y, (level_size(crop[0], level - 1), level_size(crop[1], level - 1)))
         return y
+
+    def compile_core(self, mode: str = "default") -> None:
+        """Compile `core_forward` and `core_inverse` with `torch.compile` (in place).
+
+        In training every step sees the same crop, so these compile once with static shapes
+        while the scale-dependent resampling stays eager; `mode="reduce-overhead"` then also
+        replays them as CUDA graphs on a GPU, removing most kernel-launch overhead.
+        """
+        self.core_forward = torch.compile(self.core_forward, mode=mode, dynamic=False)
+        self.core_inverse = torch.compile(self.core_inverse, mode=mode, dynamic=False)
 
     # -- regions ----------------------------------------------------------------------------
 
@@ -160,6 +195,11 @@ class IARN(nn.Module):
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
         crop = (x.shape[-2], x.shape[-1])
+        if self.config.mode == "naive":
+            _check_whole(crop, hr_size, hr_start, (lr_rows, lr_cols), lr_size)
+            middle = (2 * lr_size[0], 2 * lr_size[1])
+            grid = self.encode(resize(x, middle), middle, lr_size)
+            return grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
         grid = self.encode(x, hr_size, lr_size, hr_start)
         if self.config.mode == "split":
             source, aux = grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
@@ -186,6 +226,12 @@ class IARN(nn.Module):
         hr_rows, hr_cols = _full(hr_rows, hr_size[0]), _full(hr_cols, hr_size[1])
         crop = (hr_rows[1] - hr_rows[0], hr_cols[1] - hr_cols[0])
         hr_start = (hr_rows[0], hr_cols[0])
+        if self.config.mode == "naive":
+            _check_whole((lr.shape[-2], lr.shape[-1]), lr_size, lr_start, (hr_rows, hr_cols), hr_size)
+            middle = (2 * lr_size[0], 2 * lr_size[1])
+            z_shape = (lr.shape[0], 3 * 4 - LR_CHANNELS, *lr.shape[-2:])
+            z = noise(z_shape).to(lr) if noise is not None else lr.new_zeros(z_shape)
+            return resize(self.decode(torch.cat([lr, z], dim=1), middle, lr_size, middle), hr_size)
         if self.config.mode == "split":
             cell, levels = self.cell, self.config.levels
             full = tuple(level_size(n, levels) for n in hr_size)
@@ -258,6 +304,11 @@ def _resample_crop(
     rows = resample_matrix(in_size[0], out_size[0], out_rows, (start[0], start[0] + x.shape[-2]), x.dtype, x.device)
     cols = resample_matrix(in_size[1], out_size[1], out_cols, (start[1], start[1] + x.shape[-1]), x.dtype, x.device)
     return apply_matrices(x, rows, cols)
+
+
+def _check_whole(crop: Size, size: Size, start: Size, out: tuple[Range, Range], out_size: Size) -> None:
+    if crop != tuple(size) or tuple(start) != (0, 0) or out != ((0, out_size[0]), (0, out_size[1])):
+        raise ValueError("mode naive (the comparison baseline) processes whole images only, not tiles")
 
 
 def _check_image(x: torch.Tensor, what: str) -> None:

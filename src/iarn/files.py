@@ -1,0 +1,39 @@
+"""Atomic file writing, the one helper every output of iarn goes through."""
+
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(temporary_path)`, then rename the temporary file onto `path`.
+
+    The temporary file sits in the target folder (hidden, `.NAME.*.tmp`) and is removed if
+    `write` fails or the process is interrupted, so `path` is either untouched or complete.
+    The result gets the mode of the file it replaces, or 0666 less the umask for a new file
+    (as `open` would give), not mkstemp's 0600.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        try:
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            mode = 0o666 & ~_umask()
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -1,0 +1,38 @@
+"""Golden test: the bundled model's output on a fixed crop of the sample image is pinned.
+
+A change in geometry, resampling, the encoding or the coupling arithmetic that would silently
+break the shipped weights fails here. The LR must match the stored 8-bit PNG (a handful of
+pixels may differ by one level, for float rounding on other CPUs), the restored image's PSNR-Y
+must match to 0.01 dB.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import iarn
+from iarn.metrics import psnr_y
+
+GOLDEN = Path(__file__).parent / "golden"
+SCALES = {"x2.7": 2.7, "1.5x3.3": (1.5, 3.3)}
+
+
+@pytest.mark.parametrize("name", sorted(SCALES))
+def test_bundled_model_output_is_pinned(name):
+    expected = json.loads((GOLDEN / "expected.json").read_text())[name]
+    hr = np.asarray(Image.open(GOLDEN / "hr.png").convert("RGB"))
+    stored_lr = np.asarray(Image.open(GOLDEN / f"lr_{name}.png"))
+    model = iarn.load("default", device="cpu", precision="fp32")
+    x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
+    lr = model.downscale(x, scale=SCALES[name])
+    lr8 = (lr[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert list(lr8.shape) == expected["lr_shape"]
+    difference = np.abs(lr8.astype(int) - stored_lr.astype(int))
+    assert difference.max() <= 1 and np.mean(difference > 0) < 0.002
+    restored = model.upscale(torch.from_numpy(stored_lr.copy()).permute(2, 0, 1)[None].float() / 255, hr.shape[:2])
+    up8 = (restored[0].permute(1, 2, 0) * 255).round().byte().numpy()
+    assert psnr_y(up8, hr) == pytest.approx(expected["restored_psnr_y"], abs=0.01)
