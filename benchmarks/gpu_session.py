@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from train_throughput import synthetic_images  # beside this script
+
 ROOT = Path(__file__).resolve().parents[1]
 DEVICE = ROOT / "device"
 SHARED = ROOT.parent / "shared"
@@ -158,9 +160,9 @@ def main() -> None:
         gate = ["--variants", "bf16"]
         train_size = [*model_flags, "--batch-size", "2", "--crop", "32", "--steps", "3"]
         if not args.data.is_dir():
-            args.data = _synthetic(scratch / "train", 4, 96)
+            args.data = synthetic_images(scratch / "train", 4, 96)
         if not args.set5.is_dir():
-            args.set5 = _synthetic(scratch / "set5", 2, 64)
+            args.set5 = synthetic_images(scratch / "set5", 2, 64)
         init_from = None
     else:
         device, throughput = "cuda", []
@@ -221,20 +223,6 @@ def main() -> None:
         session.phase("evaluate", evaluate, limit_s=session.left(), output=args.out / "evaluate.md")
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"session report: {args.out / 'session.md'}")
-
-
-def _synthetic(folder: Path, count: int, size: int) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for k in range(count):
-        y, x = np.mgrid[0:size, 0:size]
-        base = np.stack([np.sin(x / (3 + k)), np.cos(y / 5), np.sin((x + y) / 7)], axis=2)
-        pixels = ((base + 1) * 100 + rng.normal(0, 10, base.shape)).clip(0, 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{k}.png")
-    return folder
 
 
 if __name__ == "__main__":

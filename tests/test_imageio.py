@@ -101,6 +101,6 @@ def test_pil_and_numpy_helpers_keep_their_kind(photo):
 
 def test_upscale_picture_checks_size(photo):
     model = small_model()
-    with pytest.raises(ValueError, match="larger than the input"):
+    with pytest.raises(ValueError, match="smaller than the LR image"):
         upscale_picture(model, Picture(rgb=photo), size=(10, 10))
     assert to_pil(Picture(rgb=photo, grayscale=True)).mode == "L"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from iarn.geometry import MIN_TILE
 from iarn.tiling import tiled_downscale, tiled_upscale
 
 from .conftest import small_model
@@ -29,13 +30,33 @@ def test_tiling_accepts_uint8_input_and_matches_float():
     assert up.shape == (1, 3, 90, 70)
 
 
-def test_tile_smaller_than_overlap_and_tiny_images():
+def test_tiny_images_and_the_smallest_tile():
     model = small_model(levels=2)
     x = torch.rand(1, 3, 13, 9)
-    for tile in (1, 4, 100):
+    for tile in (MIN_TILE, 100):
         lr = model.downscale(x, size=(5, 4), tile=tile)
         assert lr.shape[-2:] == (5, 4)
         assert model.upscale(lr, (13, 9), tile=tile).shape[-2:] == (13, 9)
+
+
+@pytest.mark.parametrize("tile", [0, 1, 4, MIN_TILE - 1])
+def test_tiles_below_the_minimum_are_refused(tile):
+    """Tiles of a few pixels broke "tiled equals untiled" (51/255 off at x4 with tile 8)."""
+    model = small_model()
+    with pytest.raises(ValueError, match=f"at least {MIN_TILE}"):
+        model.downscale(torch.rand(1, 3, 40, 40), scale=2, tile=tile)
+    with pytest.raises(ValueError, match=f"at least {MIN_TILE}"):
+        model.upscale(torch.rand(1, 3, 20, 20), (40, 40), tile=tile)
+
+
+@pytest.mark.parametrize("scale", [2.0, 2.7, 4.0, (1.5, 3.7)])
+def test_smallest_tile_keeps_tiled_equal_to_untiled(scale):
+    model = small_model()
+    x = torch.rand(1, 3, 75, 83, generator=torch.Generator().manual_seed(1))
+    lr = model.downscale(x, scale=scale)
+    assert (model.downscale(x, scale=scale, tile=MIN_TILE) - lr).abs().max() <= 1 / 255 + 1e-6
+    up = model.upscale(lr, (75, 83))
+    assert (model.upscale(lr, (75, 83), tile=MIN_TILE) - up).abs().max() <= 1 / 255
 
 
 def test_uint8_conversion_in_strips_equals_one_shot():

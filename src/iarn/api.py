@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .geometry import Size, target_size
+from .geometry import Size, check_tile, check_upscale_size, target_size
 from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
 from .model import IARN
 from .tiling import tiled_downscale, tiled_upscale
@@ -53,6 +53,7 @@ def downscale_picture(
     model: IARN, picture: Picture, size: Size | None = None, scale=None, tile: int | None = None
 ) -> Picture:
     """HR picture -> LR picture of `size` (h, w) or `scale`."""
+    check_tile(tile)
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
     lr = tiled_downscale(model, _rgb_tensor(picture, _device(model)), lr_size, tile)
     return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
@@ -60,10 +61,15 @@ def downscale_picture(
 
 @torch.inference_mode()
 def upscale_picture(
-    model: IARN, picture: Picture, size: Size, tile: int | None = None, seed: int | None = None
+    model: IARN, picture: Picture, size: Size | None = None, tile: int | None = None, seed: int | None = None
 ) -> Picture:
-    """LR picture -> HR picture of `size` (H, W)."""
-    target_size(size, model.config.max_scale, size=picture.size)
+    """LR picture -> HR picture of `size` (H, W); by default the size recorded in an iarn LR PNG."""
+    check_tile(tile)
+    if size is None:
+        size = picture.hr_size
+        if size is None:
+            raise ValueError("upscale needs the original size (H, W): none is recorded in this image, give size=...")
+    size = check_upscale_size(size, picture.size, model.config.max_scale)
     if seed is not None and model.config.mode != "split":
         raise ValueError("sampling z (seed) needs a model in split mode")
     hr = tiled_upscale(model, _rgb_tensor(picture, _device(model)), size, tile, seed)
@@ -96,6 +102,7 @@ def downscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | N
     return _like(downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile), image)
 
 
-def upscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size, tile=None):
-    """Pillow image or uint8 array -> the same kind, upscaled to `size` (H, W)."""
+def upscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | None = None, tile=None):
+    """Pillow image or uint8 array -> the same kind, upscaled to `size` (H, W); for a Pillow
+    image of an iarn LR PNG, the size recorded in it by default."""
     return _like(upscale_picture(model, _as_picture(image), size, tile=tile), image)

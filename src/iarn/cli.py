@@ -27,7 +27,7 @@ class CliError(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        print(f"iarn: error: {message} (see iarn {self.prog.split()[-1]} --help)", file=sys.stderr)
+        print(f"iarn: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -68,6 +68,15 @@ def parse_crop(text: str) -> tuple[int, int, int]:
     return top, left, size
 
 
+def tile_size(text: str) -> int:
+    from .geometry import MIN_TILE
+
+    value = positive_int(text)
+    if value < MIN_TILE:
+        raise argparse.ArgumentTypeError(f"tiles must be at least {MIN_TILE} pixels, got {text!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -81,10 +90,10 @@ def positive_int(text: str) -> int:
 def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
-    group.add_argument("--model", metavar="NAME", help="a bundled model: default or tiny")
+    group.add_argument("--model", metavar="NAME", help="a bundled model (default: default; `iarn info` lists them)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     parser.add_argument(
-        "--tile", type=positive_int, metavar="N", help="tile with cores of N HR pixels (default: automatic)"
+        "--tile", type=tile_size, metavar="N", help="tile with cores of N HR pixels, N >= 32 (default: automatic)"
     )
     parser.add_argument(
         "--precision",
@@ -126,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     trip.add_argument("--save", metavar="DIR", help="also write lr.png and restored.png there")
+    trip.add_argument("--force", action="store_true", help="overwrite lr.png and restored.png in --save")
     _common(trip)
 
     compare = commands.add_parser("compare", help="a figure: one crop as HR / bicubic / iarn / iarn's LR")
@@ -185,11 +195,20 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 # -- jobs: which input goes to which output -------------------------------------------------
 
 
-def _collect(inputs: list[str], output: str, suffix: str | None) -> list[tuple[Path, Path]]:
+def _collect(inputs: list[str], output: str, suffix: str) -> list[tuple[Path, Path]]:
+    """Plan every (input, output) pair of a batch before anything is written.
+
+    One input file and an output that is not a folder: that file (`suffix` added when it has
+    none). Otherwise the output is a folder mirroring the inputs' paths, with `suffix`. Refused
+    up front, naming the files: two inputs that map to one output, an output that is one of the
+    inputs, and a file-like output (`small.png`) for several inputs.
+    """
+    from .data import find_images
+
     sources: list[tuple[Path, Path]] = []  # (file, path relative to the output folder)
     for item in map(Path, inputs):
         if item.is_dir():
-            files = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            files = find_images([item])
             if not files:
                 raise CliError(f"{item}: folder holds no images")
             sources += [(p, p.relative_to(item)) for p in files]
@@ -198,16 +217,42 @@ def _collect(inputs: list[str], output: str, suffix: str | None) -> list[tuple[P
         else:
             raise CliError(f"{item}: no such file or folder")
     out = Path(output)
-    single_file = (
-        len(sources) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir() and not output.endswith(os.sep)
-    )
+    single_file = len(sources) == 1 and not Path(inputs[0]).is_dir() and not out.is_dir() and not output.endswith("/")
+    if not single_file and not out.is_dir() and out.suffix.lower() in IMAGE_SUFFIXES:
+        raise CliError(f"-o {output} names a file, but there are {len(sources)} inputs: give a folder")
+    if not single_file and out.exists() and not out.is_dir():
+        raise CliError(f"-o {output}: exists and is not a folder")
     jobs = []
     for source, relative in sources:
-        target = out if single_file else out / relative
-        if suffix is not None and not single_file:
-            target = target.with_suffix(suffix)
+        target = (
+            (out if out.suffix else out.with_suffix(suffix)) if single_file else (out / relative).with_suffix(suffix)
+        )
         jobs.append((source, target))
+    if single_file:
+        from PIL import Image
+
+        if jobs[0][1].suffix.lower() not in Image.registered_extensions():
+            raise CliError(f"-o {output}: unknown image file extension {jobs[0][1].suffix!r}; use {suffix}")
+    inputs_by_path = {_identity(source): source for source, _ in jobs}
+    planned: dict = {}
+    for source, target in jobs:
+        key = _identity(target)
+        if key in planned:
+            raise CliError(f"{planned[key]} and {source} would both be written to {target}; give them separate folders")
+        planned[key] = source
+        if key in inputs_by_path and inputs_by_path[key] == source:
+            raise CliError(f"{target}: is the input itself; iarn never overwrites an input")
+        if key in inputs_by_path:
+            raise CliError(f"{source} would be written over the input {target}; iarn never overwrites an input")
     return jobs
+
+
+def _identity(path: Path):
+    """A key equal for two paths of one file (links, `..`, case on case-insensitive disks)."""
+    if path.exists():
+        stat = path.stat()
+        return (stat.st_dev, stat.st_ino)
+    return os.path.normcase(os.path.abspath(path))
 
 
 def _check_target(source: Path, target: Path, force: bool) -> None:
@@ -215,6 +260,8 @@ def _check_target(source: Path, target: Path, force: bool) -> None:
         raise CliError(f"{target}: is the input itself; iarn never overwrites an input")
     if target.exists() and not force:
         raise CliError(f"{target}: exists; pass --force to overwrite")
+    if target.is_dir():
+        raise CliError(f"{target}: is a folder")
 
 
 def _load_model(args):
@@ -281,6 +328,7 @@ def cmd_downscale(args) -> int:
 
 def cmd_upscale(args) -> int:
     from .api import upscale_picture
+    from .geometry import check_upscale_size
     from .imageio import read_picture, write_picture
 
     jobs = _collect(args.inputs, args.output, "." + args.ext)
@@ -292,6 +340,14 @@ def cmd_upscale(args) -> int:
         size = args.size or picture.hr_size
         if size is None:
             raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
+        if args.size is None:
+            try:
+                check_upscale_size(size, picture.size, model.config.max_scale)
+            except ValueError:
+                raise CliError(
+                    f"{source}: the size recorded in the file ({size[1]}x{size[0]}) is not plausible for this "
+                    f"{picture.size[1]}x{picture.size[0]} image (edited or damaged?); pass --size WxH"
+                ) from None
         write_picture(upscale_picture(model, picture, size, tile=args.tile, seed=args.seed), target)
 
     return 1 if _run_batch(jobs, work) else 0
@@ -307,8 +363,14 @@ def cmd_roundtrip(args) -> int:
     from .imageio import read_picture, write_picture
     from .metrics import protocol_border, psnr_y
 
-    model = _load_model(args)
     path = Path(args.input) if args.input else sample_image_path()
+    if args.save:
+        folder = Path(args.save)
+        if folder.exists() and not folder.is_dir():
+            raise CliError(f"--save {folder}: exists and is not a folder")
+        for name in ("lr.png", "restored.png"):
+            _check_target(path, folder / name, args.force)
+    model = _load_model(args)
     picture = read_picture(path, allow_huge=args.allow_huge)
     hr = picture.rgb
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
@@ -425,21 +487,41 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate, markdown_table, parse_scales, plot, write_json
+    from .files import atomic_write
+    from .geometry import check_scale
 
     scales = parse_scales(args.scales) + parse_scales(args.asym, asymmetric=True)
-    model = None if args.bicubic_only else _load_model(args)
+    if not scales:
+        raise CliError("no scales to evaluate: --scales and --asym are both empty")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (checked before hours of evaluation, not after)
+        except ImportError:
+            raise CliError("--plot needs matplotlib: pip install 'iarn[plot]'") from None
     for folder in args.data:
         if not Path(folder).is_dir():
             raise CliError(f"{folder}: no such folder")
-    results = evaluate(model, args.data, scales, progress=sys.stderr.isatty())
+    for output in (args.json, args.markdown, args.plot):
+        if output and not Path(output).resolve().parent.is_dir():
+            raise CliError(f"{output}: its folder does not exist")
+    model = None if args.bicubic_only else _load_model(args)
+    if model is not None:
+        for scale in scales:
+            check_scale(scale, model.config.max_scale)
+    results = evaluate(
+        model, args.data, scales, progress=sys.stderr.isatty(), tile=args.tile, allow_huge=args.allow_huge
+    )
     table = markdown_table(results)
     print(table, end="")
-    if args.markdown:
-        Path(args.markdown).write_text(table)
-    if args.json:
-        write_json(results, args.json)
-    if args.plot:
-        plot(results, args.plot)
+    try:
+        if args.markdown:
+            atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(table))
+        if args.json:
+            write_json(results, args.json)
+        if args.plot:
+            plot(results, args.plot)
+    except OSError as error:
+        raise CliError(f"{error.filename or 'output'}: cannot write it ({error.strerror})") from None
     return 0
 
 
@@ -461,15 +543,39 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CliError, ImageError, WeightsError, ValueError, FileNotFoundError) as error:
-        print(f"iarn: error: {error}", file=sys.stderr)
+    except (CliError, ImageError, WeightsError, ValueError, TypeError, FileNotFoundError) as error:
+        print(f"iarn: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # a disk or permission problem outside image reading and writing
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"iarn: error: {where}{error.strerror or _one_line(error)}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:  # from torch: out of memory, a device failure, ...
+        hint = ""
+        if "out of memory" in str(error).lower():
+            hint = " (out of memory: try --tile 512, or --precision bf16)"
+        print(f"iarn: error: {_one_line(error)}{hint}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print("iarn: error: out of memory (try --tile 512, or --precision bf16)", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("iarn: interrupted", file=sys.stderr)
         return 130
 
 
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text.splitlines()[0]
+
+
 def entry() -> NoReturn:
+    import signal
+
+    def on_sigterm(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)  # clean up as on Ctrl-C (atomic_write's finally)
     try:
         code = main()
         sys.stdout.flush()

@@ -19,6 +19,7 @@ import torch
 
 from .api import to_uint8
 from .data import find_images
+from .files import atomic_write
 from .geometry import size_for_scale
 from .imageio import read_picture
 from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
@@ -87,6 +88,7 @@ def evaluate(
     scales: list[tuple[float, float]],
     progress: bool = True,
     tile: int | None = None,
+    allow_huge: bool = False,
 ) -> dict:
     """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
 
@@ -106,7 +108,7 @@ def evaluate(
 
             iterator = tqdm(images, desc=folder.name, unit="img", leave=False)
         for path in iterator:
-            hr = read_picture(path).rgb
+            hr = read_picture(path, allow_huge=allow_huge).rgb
             for scale in scales:
                 if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:  # no room for an SSIM window
                     skipped[scale] += 1
@@ -115,6 +117,9 @@ def evaluate(
                 if ours is not None:
                     per_scale[scale][0].append(ours)
                 per_scale[scale][1].append(bicubic)
+        empty = [scale_label(scale) for scale, (_, bicubic) in per_scale.items() if not bicubic]
+        if empty:
+            raise ValueError(f"{folder}: no image is large enough for the protocol at {', '.join(empty)}")
         results[folder.name] = {
             scale_label(scale): {
                 **({"iarn": asdict(_mean(ours))} if ours else {}),
@@ -206,9 +211,10 @@ def plot(results: dict, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
 
 
 def write_json(results: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(results, indent=2) + "\n")
+    text = json.dumps(results, indent=2) + "\n"
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 Size = tuple[int, int]
+MIN_TILE = 32  # smaller tile cores break "tiled equals untiled to within 1/255" (seen below 12 px at x4)
 
 
 def round_half_up(value: float) -> int:
@@ -45,11 +47,49 @@ def target_size(
     if (size is None) == (scale is None):
         raise ValueError("give exactly one of size and scale")
     if scale is not None:
-        pair = (float(scale), float(scale)) if isinstance(scale, (int, float)) else tuple(map(float, scale))
+        pair = _pair(scale, "scale", Real)
         check_scale(pair, max_scale)
         size = size_for_scale(hr_size, pair)
-    size = (int(size[0]), int(size[1]))
+    size = _pair(size, "size", int)
     if min(size) < 1:
         raise ValueError(f"target size {size[1]}x{size[0]} must be at least 1x1")
     check_lr_size(hr_size, size, max_scale)
     return size
+
+
+def _pair(value, what: str, kind: type) -> tuple:
+    """A number or a pair of numbers of `kind` as a pair; TypeError (one line) otherwise."""
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return (value, value)
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        if all(isinstance(v, kind) and not isinstance(v, bool) for v in value):
+            return tuple(value)
+        if kind is int and all(hasattr(v, "__index__") for v in value):  # numpy or torch integers
+            return tuple(int(v) for v in value)
+    expected = "a number or a (vertical, horizontal) pair of numbers" if kind is Real else "a pair (h, w) of integers"
+    raise TypeError(f"{what} must be {expected}, got {value!r}")
+
+
+def check_upscale_size(size, lr_size: Size, max_scale: float) -> Size:
+    """The HR size (H, W) for upscaling an LR of `lr_size`: given, at least the LR's size and
+    within the model's range; TypeError / ValueError (one line) otherwise."""
+    if size is None:
+        raise ValueError("upscale needs the original size (H, W): give size=..., it is not in a tensor")
+    hr_size = _pair(size, "size", int)
+    for axis, hr, lr in (("height", hr_size[0], lr_size[0]), ("width", hr_size[1], lr_size[1])):
+        if hr < lr:
+            raise ValueError(
+                f"the requested {axis} {hr} is smaller than the LR image's {axis} {lr}: upscale needs a size at least "
+                "as large as its input"
+            )
+        if lr < max(1, round_half_up(hr / max_scale)):
+            raise ValueError(
+                f"the requested {axis} {hr} is {hr / lr:.3g} times the LR image's {axis} {lr}; the model "
+                f"upscales by 1 to {max_scale:g} per axis"
+            )
+    return hr_size
+
+
+def check_tile(tile: int | None) -> None:
+    if tile is not None and (not isinstance(tile, int) or tile < MIN_TILE):
+        raise ValueError(f"tile must be a whole number of at least {MIN_TILE} pixels, got {tile!r}")

@@ -90,10 +90,18 @@ def _parse_hr_size(text: str | None) -> tuple[int, int] | None:
     return (height, width) if width > 0 and height > 0 else None
 
 
+def _is_16_bit_png(image: Image.Image) -> bool:
+    # Pillow opens a 16-bit RGB(A) PNG as 8-bit "RGB" without a word; the decoder's raw mode tells
+    return "16" in str(getattr(getattr(image, "png", None), "im_rawmode", ""))
+
+
 def picture_from_pil(image: Image.Image) -> Picture:
     """Apply the policy to an opened (and loaded) Pillow image."""
-    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-        raise ImageError(f"{image.mode} images (more than 8 bits per channel) are not supported; convert to 8-bit")
+    if image.mode in ("I", "F") or image.mode.startswith("I;16") or _is_16_bit_png(image):
+        raise ImageError("images of more than 8 bits per channel are not supported; convert it to 8-bit first")
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise ImageError(f"animated image ({frames} frames): iarn rescales still images; save one frame first")
     icc = image.info.get("icc_profile") or None
     hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
     image = ImageOps.exif_transpose(image)
@@ -130,10 +138,13 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
         raise ImageError(f"{path}: no such file")
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image")
-    if path.stat().st_size == 0:
-        raise ImageError(f"{path}: empty file, not an image")
-    if _png_bit_depth(path) == 16:
-        raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
+    try:
+        if path.stat().st_size == 0:
+            raise ImageError(f"{path}: empty file, not an image")
+        if _png_bit_depth(path) == 16:
+            raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read it (permission denied)") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -149,6 +160,8 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
         ) from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"{path}: not an image Pillow can read") from None
+    except PermissionError:
+        raise ImageError(f"{path}: cannot read it (permission denied)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
         raise ImageError(f"{path}: truncated or corrupt image ({str(error).splitlines()[0]})") from None
 
@@ -170,10 +183,13 @@ def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int,
     path = Path(path)
     image = to_pil(picture)
     suffix = path.suffix.lower()
+    image_format = Image.registered_extensions().get(suffix)
+    if image_format is None:
+        raise ImageError(f"{path}: unknown image file extension {suffix or '(none)'!r}; use .png")
     options: dict = {}
     if picture.icc_profile:
         options["icc_profile"] = picture.icc_profile
-    if suffix == ".png":
+    if image_format == "PNG":
         info = PngImagePlugin.PngInfo()
         if hr_size is not None:
             info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
@@ -186,8 +202,7 @@ def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int,
         options["lossless"] = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(
-            path, lambda tmp: image.save(tmp, format=Image.registered_extensions().get(suffix, "PNG"), **options)
-        )
+        atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **options))
     except (KeyError, OSError, ValueError) as error:
-        raise ImageError(f"{path}: cannot write ({error})") from None
+        reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
+        raise ImageError(f"{path}: cannot write it ({reason})") from None

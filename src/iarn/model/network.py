@@ -23,13 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..geometry import Size, target_size
+from ..geometry import Size, check_tile, check_upscale_size, target_size
 from ..resample import apply_matrices, resample_matrix, resize
 from .coupling import LR_CHANNELS, CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
 from .haar import haar_forward, haar_forward_levels, haar_inverse, haar_inverse_levels, level_size
 
 MODES = ("split", "cycle", "naive")
+RANGE_SLACK = 1e-3  # how far outside [0, 1] an input may stray (float rounding) before it is refused
 # Sane bounds, checked before anything is built: a weight file's config cannot ask for absurd sizes.
 CONFIG_BOUNDS = {
     "levels": (1, 4),
@@ -48,7 +49,7 @@ class ModelConfig:
 
     mode: how the LR is formed, `cycle` (invert the Haar, bicubic-resize the full-resolution
         output) or `split` (resample only the first 3 channels of the working grid); `naive`
-        is the comparison baseline of docs/design.md: bicubic-resize the HR to twice the LR
+        is the comparison baseline of the design (docs/ablation.md): bicubic-resize the HR to twice the LR
         size, run a fixed x2 model (split at 1 level), bicubic-resize back on the way up.
         Train it at scale 2 (`scale_min = scale_max = 2`); it processes whole images only.
     levels: Haar levels; blocks_per_level coupling blocks follow each.
@@ -268,6 +269,7 @@ class IARN(nn.Module):
         from ..tiling import tiled_downscale
 
         _check_image(x, "downscale")
+        check_tile(tile)
         hr_size = (x.shape[-2], x.shape[-1])
         lr_size = target_size(hr_size, self.config.max_scale, size=size, scale=scale)
         return tiled_downscale(self, x, lr_size, tile)
@@ -289,8 +291,8 @@ class IARN(nn.Module):
         from ..tiling import tiled_upscale
 
         _check_image(lr, "upscale")
-        hr_size = (int(size[0]), int(size[1]))
-        target_size(hr_size, self.config.max_scale, size=(lr.shape[-2], lr.shape[-1]))
+        hr_size = check_upscale_size(size, (lr.shape[-2], lr.shape[-1]), self.config.max_scale)
+        check_tile(tile)
         if seed is not None and self.config.mode != "split":
             raise ValueError("sampling z (seed) needs a model in split mode; this one is cycle")
         return tiled_upscale(self, lr, hr_size, tile, seed, temperature)
@@ -311,11 +313,23 @@ def _check_whole(crop: Size, size: Size, start: Size, out: tuple[Range, Range], 
         raise ValueError("mode naive (the comparison baseline) processes whole images only, not tiles")
 
 
-def _check_image(x: torch.Tensor, what: str) -> None:
+def _check_image(x, what: str) -> None:
+    """Refuse what would give silently wrong output: not a (B, 3, H, W) float tensor in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        hint = "; for numpy arrays and Pillow images use iarn.downscale_image / upscale_image" if x is not None else ""
+        raise TypeError(f"{what} takes a torch tensor (B, 3, H, W), got {type(x).__name__}{hint}")
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"{what} takes a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
     if not x.is_floating_point():
         raise ValueError(f"{what} takes float values in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{what} got an empty tensor of shape {tuple(x.shape)}")
+    low, high = torch.aminmax(x)
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        raise ValueError(f"{what} got NaN or infinite values")
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        hint = " (it looks like 0..255: divide by 255)" if high > 2 else ""
+        raise ValueError(f"{what} takes values in [0, 1], got {float(low):.4g} to {float(high):.4g}{hint}")
 
 
 __all__ = ["IARN", "ModelConfig", "quantize_8bit", "haar_forward_levels"]

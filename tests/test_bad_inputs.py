@@ -1,0 +1,477 @@
+"""The bad-input and fault corpus: every case ends in the expected exit code and one clear line,
+leaves no new or changed file behind, and never touches an input.
+
+Each CLI case builds its files in a fresh folder (names ending in `/` are folders), runs
+`iarn ARGS` there, and compares every file's bytes and mode before and after; `{w}` stands for a
+small weight file. API cases check the exception type and message.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+from safetensors.torch import load_file, save_file
+
+import iarn
+from iarn.cli import main
+
+from .conftest import small_model
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def _png(size=(40, 56), seed=0, hr_size: str | None = None, mode="RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    info = PngImagePlugin.PngInfo()
+    if hr_size:
+        info.add_text("iarn:hr_size", hr_size)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def _jpg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((40, 56, 3), 128, np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+def _png16() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.arange(40 * 56, dtype=np.uint16).reshape(40, 56) * 20).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _animated(fmt: str) -> bytes:
+    frames = [Image.fromarray(np.full((40, 56, 3), v, np.uint8)) for v in (0, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:])
+    return buffer.getvalue()
+
+
+PNG, JPG = _png(), _jpg()
+LR = _png((20, 28), seed=1, hr_size="56x40")
+TAMPERED = _png((20, 28), seed=1, hr_size="9999x40")
+NO_SIZE = _png((20, 28), seed=1)
+
+
+@dataclass
+class Case:
+    name: str
+    files: dict[str, bytes | None]
+    args: list[str]
+    message: str
+    code: int = 1
+    may_create: list[str] = field(default_factory=list)  # outputs a partly failed batch may write
+
+
+CASES = [
+    # outputs that would lose data
+    Case(
+        "two inputs, one output name",
+        {"photos/a.jpg": JPG, "photos/a.png": PNG},
+        ["downscale", "photos", "-o", "photos", "--scale", "2", "--force"],
+        "would be written over the input photos/a.png",
+    ),
+    Case(
+        "same names from two folders",
+        {"x/a.png": PNG, "y/a.png": PNG},
+        ["downscale", "x/a.png", "y/a.png", "-o", "out/", "--scale", "2", "--force"],
+        "would both be written",
+    ),
+    Case(
+        "output is the input",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "a.png", "--scale", "2", "--force"],
+        "the input itself",
+    ),
+    Case(
+        "output folder holds the inputs",
+        {"p/a.png": PNG},
+        ["downscale", "p", "-o", "p", "--scale", "2", "--force"],
+        "the input itself",
+    ),
+    Case(
+        "a file name for several inputs",
+        {"a.png": PNG, "b.png": PNG},
+        ["downscale", "a.png", "b.png", "-o", "small.png", "--scale", "2"],
+        "names a file",
+    ),
+    Case(
+        "existing output without --force",
+        {"a.png": PNG, "o.png": PNG},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2"],
+        "exists; pass --force",
+    ),
+    Case(
+        "unknown output extension",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "lr.xyz", "--scale", "2"],
+        "unknown image file extension",
+    ),
+    Case(
+        "output parent is a file",
+        {"a.png": PNG, "f": b"x"},
+        ["downscale", "a.png", "-o", "f/o.png", "--scale", "2"],
+        "cannot write it",
+    ),
+    Case(
+        "roundtrip --save over results",
+        {"a.png": PNG, "d/lr.png": PNG},
+        ["roundtrip", "a.png", "--scale", "2", "--save", "d"],
+        "exists; pass --force",
+    ),
+    Case(
+        "roundtrip --save over its input",
+        {"d/lr.png": PNG},
+        ["roundtrip", "d/lr.png", "--scale", "2", "--save", "d", "--force"],
+        "the input itself",
+    ),
+    Case(
+        "compare over its input",
+        {"a.png": PNG},
+        ["compare", "a.png", "--scale", "2", "-o", "a.png", "--force"],
+        "the input itself",
+    ),
+    # inputs that cannot be processed
+    Case(
+        "not an image",
+        {"a.png": b"hello"},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2"],
+        "not an image Pillow can read",
+    ),
+    Case(
+        "truncated PNG",
+        {"a.png": PNG[:200]},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2"],
+        "truncated or corrupt",
+    ),
+    Case("empty file", {"a.png": b""}, ["downscale", "a.png", "-o", "o.png", "--scale", "2"], "empty file"),
+    Case("16-bit PNG", {"a.png": _png16()}, ["downscale", "a.png", "-o", "o.png", "--scale", "2"], "16-bit"),
+    Case(
+        "animated GIF",
+        {"a.gif": _animated("GIF")},
+        ["downscale", "a.gif", "-o", "o.png", "--scale", "2"],
+        "animated image (2 frames)",
+    ),
+    Case(
+        "animated PNG",
+        {"a.png": _animated("PNG")},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2"],
+        "animated image (2 frames)",
+    ),
+    Case(
+        "animated GIF in a folder",
+        {"p/a.gif": _animated("GIF")},
+        ["downscale", "p", "-o", "out", "--scale", "2"],
+        "animated image",
+    ),
+    Case("missing input", {}, ["downscale", "nope.png", "-o", "o.png", "--scale", "2"], "no such file"),
+    Case("empty folder", {"p/": None}, ["downscale", "p", "-o", "out", "--scale", "2"], "holds no images"),
+    Case(
+        "one bad file among good ones",
+        {"p/a.png": PNG, "p/b.png": b"junk"},
+        ["downscale", "p", "-o", "out", "--scale", "2"],
+        "not an image",
+        may_create=["out/a.png"],
+    ),
+    # scales, sizes and tiles
+    Case("scale below 1", {"a.png": PNG}, ["downscale", "a.png", "-o", "o.png", "--scale", "0.5"], "out of range"),
+    Case(
+        "scale above the range", {"a.png": PNG}, ["downscale", "a.png", "-o", "o.png", "--scale", "5"], "out of range"
+    ),
+    Case(
+        "malformed scale",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "abc"],
+        "malformed scale",
+        code=2,
+    ),
+    Case("zero size", {"a.png": PNG}, ["downscale", "a.png", "-o", "o.png", "--size", "0x10"], "at least 1x1", code=2),
+    Case(
+        "tiny tile",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2", "--tile", "3"],
+        "at least 32",
+        code=2,
+    ),
+    Case(
+        "upscale to a smaller size",
+        {"lr.png": LR},
+        ["upscale", "lr.png", "-o", "o.png", "--size", "10x10"],
+        "smaller than the LR image",
+    ),
+    Case("tampered recorded size", {"lr.png": TAMPERED}, ["upscale", "lr.png", "-o", "o.png"], "not plausible"),
+    Case("no recorded size", {"lr.png": NO_SIZE}, ["upscale", "lr.png", "-o", "o.png"], "no original size"),
+    # weights
+    Case(
+        "missing weight file",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2", "--weights", "none.safetensors"],
+        "no such weight file",
+    ),
+    Case(
+        "unknown bundled model",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2", "--model", "bogus"],
+        "bundled: default",
+    ),
+    Case(
+        "weight file of garbage",
+        {"a.png": PNG, "w.safetensors": b"garbage"},
+        ["downscale", "a.png", "-o", "o.png", "--scale", "2", "--weights", "w.safetensors"],
+        "not a readable",
+    ),
+    # training
+    Case(
+        "checkpoint every 0",
+        {"d/a.png": _png((64, 64))},
+        ["train", "--data", "d", "--out", "r", "--checkpoint-every", "0"],
+        "checkpoint_every must be at least 1",
+    ),
+    Case(
+        "log every 0",
+        {"d/a.png": _png((64, 64))},
+        ["train", "--data", "d", "--out", "r", "--log-every", "0"],
+        "log_every must be at least 1",
+    ),
+    Case(
+        "batch size 0",
+        {"d/a.png": _png((64, 64))},
+        ["train", "--data", "d", "--out", "r", "--batch-size", "0"],
+        "batch_size must be at least 1",
+    ),
+    Case(
+        "negative steps",
+        {"d/a.png": _png((64, 64))},
+        ["train", "--data", "d", "--out", "r", "--steps", "-3"],
+        "steps must be at least 1",
+    ),
+    Case(
+        "resume from a non-checkpoint",
+        {"d/a.png": _png((64, 64)), "junk.pt": b"junk"},
+        ["train", "--data", "d", "--out", "r", "--resume", "junk.pt"],
+        "not an iarn training checkpoint",
+    ),
+    Case(
+        "out names a file",
+        {"d/a.png": _png((64, 64)), "r": b"x"},
+        ["train", "--data", "d", "--out", "r"],
+        "is not a folder",
+    ),
+    Case("no training data", {}, ["train", "--out", "r"], "no training data"),
+    Case(
+        "only unreadable training images",
+        {"d/a.png": b"junk"},
+        ["train", "--data", "d", "--out", "r"],
+        "no readable training image",
+    ),
+    Case("bad config file", {"c.json": b"{not json"}, ["train", "--config", "c.json", "--out", "r"], "not valid JSON"),
+    # evaluation
+    Case("no scales", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales", "", "--asym", ""], "no scales"),
+    Case(
+        "images too small",
+        {"s/a.png": _png((12, 12))},
+        ["evaluate", "--data", "s", "--scales", "4", "--asym", ""],
+        "no image is large enough",
+    ),
+    Case(
+        "json into a missing folder",
+        {"s/a.png": PNG},
+        ["evaluate", "--data", "s", "--scales", "2", "--asym", "", "--json", "no/r.json"],
+        "folder does not exist",
+    ),
+    Case(
+        "scale beyond the model",
+        {"s/a.png": PNG},
+        ["evaluate", "--data", "s", "--scales", "5", "--asym", ""],
+        "out of range",
+    ),
+    # usage
+    Case("usage hint names the command", {}, ["downscale"], "(see iarn downscale --help)", code=2),
+]
+WITH_WEIGHTS = ("downscale", "upscale", "roundtrip", "compare", "evaluate")
+
+
+def _snapshot(root: Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mode)
+        for p in root.rglob("*")
+        if p.is_file() and "weights" not in p.parts
+    }
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_cli_corpus(case, tmp_path, capsys, monkeypatch, weights_file):
+    root = tmp_path / "case"
+    root.mkdir()
+    for name, content in case.files.items():
+        path = root / name
+        if content is None:
+            path.mkdir(parents=True)
+            continue
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+    monkeypatch.chdir(root)
+    args = list(case.args)
+    if args[0] in WITH_WEIGHTS and "--weights" not in args and "--model" not in args:
+        args += ["--weights", str(weights_file)]
+    if args[0] == "train":
+        args += ["--steps", "1"] if "--steps" not in args else []
+        args += ["--crop", "32", "--batch-size", "1"] if "--batch-size" not in args else ["--crop", "32"]
+        args += ["--blocks-per-level", "1", "--growth", "4", "--no-progress"]
+    before = _snapshot(root)
+    with pytest.raises(SystemExit) if case.code == 2 else _no_exit() as raised:
+        code = main(args)
+    if case.code == 2:
+        code = raised.value.code
+    err = capsys.readouterr().err
+    progress = ("img/s]", "img]")  # a folder batch's progress bar shares stderr
+    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("iarn: warning")]
+    lines = [line for line in lines if not line.rstrip().endswith(progress)]
+    assert code == case.code, err
+    assert len(lines) == 1 and lines[0].startswith("iarn: error:") and "Traceback" not in err, err
+    assert case.message in lines[0], lines[0]
+    after = _snapshot(root)
+    for name, value in before.items():
+        assert after.get(name) == value, f"{name} was changed or removed"
+    created = sorted(set(after) - set(before) - set(case.may_create))
+    assert not created, f"left behind: {created}"
+
+
+class _no_exit:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_nan_weights_and_absurd_configs_are_refused(tmp_path, weights_file):
+    tensors = load_file(str(weights_file))
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("nan"))
+    metadata = iarn.weights.read_metadata(weights_file)
+    nan_file = tmp_path / "nan.safetensors"
+    save_file(tensors, str(nan_file), metadata=metadata)
+    with pytest.raises(iarn.WeightsError, match="NaN"):
+        iarn.load(nan_file, device="cpu")
+    huge = tmp_path / "huge.safetensors"
+    config = json.loads(metadata["config"])
+    config["growth"] = 200000
+    save_file({"x": torch.zeros(1)}, str(huge), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.raises(iarn.WeightsError, match="growth must be"):
+        iarn.load(huge, device="cpu")
+    config["growth"] = 512  # within bounds, but the file holds none of those tensors: refused before building
+    save_file({"x": torch.zeros(1)}, str(huge), metadata={**metadata, "config": json.dumps(config)})
+    with pytest.raises(iarn.WeightsError, match="do not fit"):
+        iarn.load(huge, device="cpu")
+
+
+def test_plot_without_matplotlib_fails_before_evaluating(tmp_path, capsys, monkeypatch, weights_file):
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "a.png").write_bytes(PNG)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    args = [
+        "evaluate",
+        "--data",
+        str(tmp_path / "s"),
+        "--plot",
+        str(tmp_path / "p.png"),
+        "--weights",
+        str(weights_file),
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "--plot needs matplotlib" in err and "| s |" not in capsys.readouterr().out
+
+
+API_CASES = [
+    ("numpy array", lambda m: m.downscale(np.zeros((1, 3, 8, 8), np.float32), scale=2), TypeError, "torch tensor"),
+    ("scale as a string", lambda m: m.downscale(torch.rand(1, 3, 8, 8), scale="2"), TypeError, "scale must be"),
+    ("0..255 floats", lambda m: m.downscale(torch.rand(1, 3, 8, 8) * 255, scale=2), ValueError, "divide by 255"),
+    ("NaN input", lambda m: m.downscale(torch.full((1, 3, 8, 8), float("nan")), scale=2), ValueError, "NaN"),
+    ("values above 1", lambda m: m.downscale(torch.rand(1, 3, 8, 8) + 0.5, scale=2), ValueError, "values in [0, 1]"),
+    ("uint8 tensor", lambda m: m.downscale(torch.zeros(1, 3, 8, 8, dtype=torch.uint8), scale=2), ValueError, "float"),
+    ("upscale without size", lambda m: m.upscale(torch.rand(1, 3, 8, 8), None), ValueError, "original size"),
+    ("upscale smaller", lambda m: m.upscale(torch.rand(1, 3, 8, 8), (4, 4)), ValueError, "smaller than the LR"),
+    ("tile below minimum", lambda m: m.downscale(torch.rand(1, 3, 64, 64), scale=2, tile=3), ValueError, "at least 32"),
+    (
+        "PIL image without a recorded size",
+        lambda m: iarn.upscale_image(m, Image.open(io.BytesIO(NO_SIZE))),
+        ValueError,
+        "none is recorded",
+    ),
+    (
+        "16-bit PIL image",
+        lambda m: iarn.downscale_image(m, Image.open(io.BytesIO(_png16())), scale=2),
+        ValueError,
+        "more than 8 bits",
+    ),
+]
+
+
+@pytest.mark.parametrize("call, error, message", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
+def test_api_corpus(call, error, message):
+    with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+        call(small_model())
+
+
+def test_pil_upscale_reads_the_recorded_size():
+    restored = iarn.upscale_image(small_model(), Image.open(io.BytesIO(LR)))
+    assert restored.size == (56, 40)
+
+
+def test_outputs_respect_the_umask_and_keep_an_existing_mode(tmp_path, capsys, weights_file):
+    (tmp_path / "a.png").write_bytes(PNG)
+    old = os.umask(0o022)
+    try:
+        common = ["downscale", str(tmp_path / "a.png"), "--scale", "2", "--weights", str(weights_file)]
+        assert main([*common, "-o", str(tmp_path / "new.png")]) == 0
+        assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "new.png").chmod(0o640)
+        assert main([*common, "-o", str(tmp_path / "new.png"), "--force"]) == 0
+        assert (tmp_path / "new.png").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (1200, 1400, 3), dtype=np.uint8)).save(tmp_path / "big.png")
+    command = [
+        sys.executable,
+        "-m",
+        "iarn",
+        "downscale",
+        "big.png",
+        "-o",
+        "out/",
+        "--scale",
+        "2",
+        "--precision",
+        "fp32",
+    ]
+    for delay in (0.5, 2.5, 6.0):
+        process = subprocess.Popen(
+            command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(SRC)}, stderr=subprocess.PIPE, text=True
+        )
+        time.sleep(delay)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+        assert "Traceback" not in err, err
+        assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
