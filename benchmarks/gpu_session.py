@@ -137,7 +137,9 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help="fill device/ from ../shared, then stop")
     parser.add_argument("--prepare-mb", type=float, default=48.0, help="MB of training images to carry")
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes")
-    parser.add_argument("--budget-minutes", type=float, default=9.0, help="the whole session's wall time")
+    parser.add_argument(
+        "--budget-minutes", type=float, help="the whole session's wall time (default 9; 20 with --smoke, for busy CPUs)"
+    )
     parser.add_argument("--data", type=Path, default=DEVICE / "data" / "train")
     parser.add_argument("--set5", type=Path, default=DEVICE / "data" / "Set5")
     parser.add_argument("--init-from", help="weights to continue (default: newest in device/weights)")
@@ -150,7 +152,7 @@ def main() -> None:
         parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
     python = sys.executable
-    session = Session(args.out, 60 * args.budget_minutes)
+    session = Session(args.out, 60 * (args.budget_minutes or (20.0 if args.smoke else 9.0)))
     scratch = Path(tempfile.mkdtemp(prefix="iarn-session-"))
     if args.smoke:
         device, model_flags = "cpu", ["--blocks-per-level", "1", "--growth", "4"]
