@@ -475,3 +475,16 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
         _, err = process.communicate(timeout=120)
         assert "Traceback" not in err, err
         assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+
+
+def test_torch_runtime_errors_become_one_line_with_a_hint(tmp_path, capsys, monkeypatch, weights_file):
+    from iarn import cli
+
+    def out_of_memory(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB\nmore detail")
+
+    monkeypatch.setitem(cli.COMMANDS, "downscale", out_of_memory)
+    (tmp_path / "a.png").write_bytes(PNG)
+    assert main(["downscale", str(tmp_path / "a.png"), "-o", str(tmp_path / "o.png"), "--scale", "2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out of memory" in err[0] and "--tile" in err[0]

@@ -289,9 +289,10 @@ def _run_batch(jobs, work) -> int:
     for source, target in iterator:
         try:
             work(source, target)
-        except (CliError, ImageError, ValueError) as error:
+        except (CliError, ImageError, ValueError, OSError) as error:
             failures += 1
-            message = f"iarn: error: {error}"
+            reason = f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.strerror else error
+            message = f"iarn: error: {reason}"
             if bar is None:
                 print(message, file=sys.stderr)
             else:

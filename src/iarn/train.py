@@ -529,7 +529,9 @@ def _checked_resume(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
 
 
 def _out_of_time(started: float, max_minutes: float | None, runtime: Runtime) -> bool:
-    out_of_time = max_minutes is not None and time.perf_counter() - started > 60 * max_minutes
+    if max_minutes is None:  # nothing to agree on: no collective, no host sync per step
+        return False
+    out_of_time = time.perf_counter() - started > 60 * max_minutes
     if runtime.ddp:  # every rank must agree to stop at the same step
         flag = torch.tensor(float(out_of_time), device=runtime.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
