@@ -60,7 +60,7 @@ def test_smallest_tile_keeps_tiled_equal_to_untiled(scale):
 
 
 def test_uint8_conversion_in_strips_equals_one_shot():
-    from iarn.api import to_uint8
+    from iarn.convert import to_uint8
 
     x = torch.rand(1, 3, 37, 11)
     x[0, :, 0, 0] = torch.tensor([0.0, 1.0, 0.5 / 255])  # the ends and a half step

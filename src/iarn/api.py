@@ -12,28 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .convert import to_tensor, to_uint8
 from .geometry import Size, check_tile, check_upscale_size, target_size
 from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
 from .model import IARN
 from .tiling import tiled_downscale, tiled_upscale
-
-
-def _rgb_tensor(picture: Picture, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(picture.rgb).permute(2, 0, 1)[None].to(device)
-
-
-def to_uint8(x: torch.Tensor, strip_pixels: int = 1 << 22) -> np.ndarray:
-    """(1, 3, H, W) float in [0, 1] on any device -> (H, W, 3) uint8, rounded.
-
-    Converted in strips of about `strip_pixels` pixels, so a large image needs no second float
-    copy."""
-    height, width = x.shape[-2:]
-    out = np.empty((height, width, 3), dtype=np.uint8)
-    rows = max(1, strip_pixels // max(1, width))
-    for top in range(0, height, rows):
-        strip = x[0, :, top : top + rows].mul(255).round_().clamp_(0, 255).to(torch.uint8)
-        out[top : top + rows] = strip.permute(1, 2, 0).cpu().numpy()
-    return out
 
 
 def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
@@ -55,7 +38,7 @@ def downscale_picture(
     """HR picture -> LR picture of `size` (h, w) or `scale`."""
     check_tile(tile)
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
-    lr = tiled_downscale(model, _rgb_tensor(picture, _device(model)), lr_size, tile)
+    lr = tiled_downscale(model, to_tensor(picture.rgb, _device(model)), lr_size, tile)
     return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
 
 
@@ -72,7 +55,7 @@ def upscale_picture(
     size = check_upscale_size(size, picture.size, model.config.max_scale)
     if seed is not None and model.config.mode != "split":
         raise ValueError("sampling z (seed) needs a model in split mode")
-    hr = tiled_upscale(model, _rgb_tensor(picture, _device(model)), size, tile, seed)
+    hr = tiled_upscale(model, to_tensor(picture.rgb, _device(model)), size, tile, seed)
     return picture.with_pixels(to_uint8(hr), _resize_alpha(picture.alpha, size))
 
 

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-from .data import IMAGE_SUFFIXES
+from .files import IMAGE_SUFFIXES
 
 SAMPLE_IMAGE = "kodim23.png"
 
@@ -203,7 +203,7 @@ def _collect(inputs: list[str], output: str, suffix: str) -> list[tuple[Path, Pa
     up front, naming the files: two inputs that map to one output, an output that is one of the
     inputs, and a file-like output (`small.png`) for several inputs.
     """
-    from .data import find_images
+    from .files import find_images
 
     sources: list[tuple[Path, Path]] = []  # (file, path relative to the output folder)
     for item in map(Path, inputs):

@@ -16,20 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
-
-
-def find_images(paths: list[str | Path]) -> list[Path]:
-    """Image files under `paths` (files or folders, searched recursively), sorted."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        elif path.is_file():
-            found.append(path)
-        else:
-            raise FileNotFoundError(f"{path}: no such file or folder")
-    return found
+from .files import find_images
 
 
 def step_rng(seed: int, rank: int, step: int) -> np.random.Generator:

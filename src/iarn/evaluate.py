@@ -17,9 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .api import to_uint8
-from .data import find_images
-from .files import atomic_write
+from .convert import to_tensor, to_uint8
+from .files import atomic_write, find_images
 from .geometry import size_for_scale
 from .imageio import read_picture
 from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
@@ -39,14 +38,10 @@ class Scores:
     lr_psnr_y: float | None = None  # against the bicubic LR; None for the bicubic row
 
 
-def _to_tensor(rgb: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
-
-
 def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Reference bicubic down and up, each rounded to 8 bits: (LR, HR) uint8."""
-    lr = to_uint8(resize(_to_tensor(hr).double(), lr_size))
-    up = to_uint8(resize(_to_tensor(lr).double(), hr.shape[:2]))
+    lr = to_uint8(resize((to_tensor(hr).float() / 255).double(), lr_size))
+    up = to_uint8(resize((to_tensor(lr).float() / 255).double(), hr.shape[:2]))
     return lr, up
 
 
@@ -54,7 +49,7 @@ def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndar
 def model_roundtrip(model: IARN, hr: np.ndarray, lr_size: tuple[int, int], tile: int | None = None):
     """The model's 8-bit LR and its 8-bit upscale: (LR, HR) uint8."""
     device = next(model.parameters()).device
-    x = torch.from_numpy(hr).permute(2, 0, 1)[None].to(device)
+    x = to_tensor(hr, device)
     lr = tiled_downscale(model, x, lr_size, tile)
     up = tiled_upscale(model, lr, hr.shape[:2], tile)
     return to_uint8(lr.cpu()), to_uint8(up.cpu())

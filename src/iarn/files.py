@@ -1,4 +1,4 @@
-"""Atomic file writing, the one helper every output of iarn goes through."""
+"""Files: finding the images under a path, and atomic writing (every output goes through it)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,21 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+def find_images(paths: list[str | Path]) -> list[Path]:
+    """Image files under `paths` (files or folders, searched recursively), sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
 
 
 def _umask() -> int:
