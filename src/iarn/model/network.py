@@ -99,8 +99,9 @@ def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
-def _full(rng: Range | None, size: int) -> Range:
-    return rng if rng is not None else (0, size)
+def _full(span: Range | None, size: int) -> Range:
+    """`span`, or all of an axis of `size` when it is None."""
+    return span if span is not None else (0, size)
 
 
 class IARN(nn.Module):
@@ -203,13 +204,13 @@ class IARN(nn.Module):
             return grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
         grid = self.encode(x, hr_size, lr_size, hr_start)
         if self.config.mode == "split":
-            source, aux = grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
+            source, by_product = grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
             cell, full = self.cell, tuple(level_size(n, self.config.levels) for n in hr_size)
         else:
-            source = aux = haar_inverse_levels(grid, self.config.levels, crop)
+            source = by_product = haar_inverse_levels(grid, self.config.levels, crop)
             cell, full = 1, hr_size
         start = (hr_start[0] // cell, hr_start[1] // cell)
-        return _resample_crop(source, start, full, lr_size, lr_rows, lr_cols), aux
+        return _resample_crop(source, start, full, lr_size, lr_rows, lr_cols), by_product
 
     def up_region(
         self,
