@@ -36,6 +36,7 @@ ARMS: dict[str, list[str]] = {
     "encoding-scale-only": ["--encoding", "scale"],
     "lambda-2": ["--lambda-lr", "2"],
     "lr-5e-4": ["--lr", "5e-4"],
+    "lr-5e-4-seed1": ["--lr", "5e-4", "--seed", "1"],  # the lead of the first sitting, confirmed or not
     "encoding-off": ["--encoding", "off"],
     "encoding-sincos": ["--encoding", "sincos"],
     "scale-log-uniform": ["--scale-power", "-1"],
