@@ -1,4 +1,4 @@
-"""Everything one lent GPU session measures, in one command of at most 9 minutes.
+"""Everything one lent GPU session measures and trains, in one command of at most 9 minutes.
 
 Here, once (copies what the GPU needs into `device/`, which git ignores; 64 MiB travel in all):
 
@@ -14,20 +14,25 @@ and on this CPU, the same path at tiny sizes in about a minute (tests/test_bench
 
 Phases, each a subprocess with its own time limit, so one failure loses nothing else:
 
-1. `throughput`: benchmarks/train_throughput.py, every lever in one process (throughput.md);
-2. `infer`: benchmarks/infer.py at 8.3 MP (4K) and benchmarks/quality_gate.py on Set5 (infer.md);
-3. `train`: `iarn train --init-from WEIGHTS` (default: the newest full-size weights under
-   device/weights/) with the fastest batch-16 settings of phase 1, for what is left of the
-   budget less the evaluation (train_log.jsonl, model.safetensors);
-4. `evaluate`: `iarn evaluate` on Set5 (evaluate.md, evaluate.json).
+1. `throughput`: benchmarks/train_throughput.py for the model being trained (eager, batch 16
+   and 32 of 144 px), which picks the batch of phase 5 (throughput.md);
+2. `infer`: benchmarks/infer.py at 8.3 MP (4K), default-size model, eager variants (infer.md);
+3. `profile`: the heaviest operators of one 8.3 MP down- and upscale, untiled bf16 (profile.md);
+4. `quality gate`: benchmarks/quality_gate.py on Set5, bf16 and fp16 against fp32 (infer.md);
+5. `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
+   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
+   eager again if compiling fails (train_log.jsonl, model.safetensors);
+6. `infer compiled`: the compiled untiled bf16 variant at 8.3 MP, with what is left (infer.md);
+7. `evaluate`: `iarn evaluate` of the trained model on Set5 (evaluate.json).
 
-It writes at most 7 files into `--out`, among them session.md: the settings, each phase's time
-and exit status, and its printed output.
+At most 7 files go into `--out`, among them session.md: the settings, each phase's time and exit
+status, and its printed output.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -37,23 +42,22 @@ import tempfile
 import time
 from pathlib import Path
 
-from train_throughput import synthetic_images  # beside this script
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the device machine runs the tree without installing it
+
+from train_throughput import synthetic_images  # noqa: E402  (beside this script)
+
 DEVICE = ROOT / "device"
 SHARED = ROOT.parent / "shared"
-LEVER_FLAGS = {  # train flags for the fastest lever of the throughput table
-    "rebuilt": [],
-    "cached": [],
-    "device-crops": [],
-    "bf16": ["--amp", "bf16"],
-    "compile": ["--amp", "bf16", "--compile"],
-    "cudagraphs": ["--amp", "bf16", "--compile", "--compile-mode", "reduce-overhead"],
-}
+BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
+# the recipe of the training phase: the ablation's lead (docs/ablation.md) and the bundled model's scales
+TRAIN_RECIPE = ["--lr", "5e-4", "--scale-power", "-1"]
+RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
+BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's
 
 
 def prepare(budget_mb: float) -> None:
-    """Copy training images (up to `budget_mb`), Set5 and the newest full-size weights into device/."""
+    """Copy training images (up to `budget_mb`) and Set5 into device/."""
     images = sorted((SHARED / "data" / "train_small").iterdir())
     target = DEVICE / "data" / "train"
     if DEVICE.exists():
@@ -66,18 +70,9 @@ def prepare(budget_mb: float) -> None:
         shutil.copy2(path, target / path.name)
         used += path.stat().st_size
     shutil.copytree(SHARED / "data" / "benchmark" / "Set5", DEVICE / "data" / "Set5")
-    (DEVICE / "weights").mkdir()
-    weights = newest_weights(SHARED / "weights")
-    if weights:
-        shutil.copy2(weights, DEVICE / "weights" / weights.name)
     total = sum(p.stat().st_size for p in DEVICE.rglob("*") if p.is_file())
     count = len(list(target.iterdir()))
-    print(f"device/: {count} training images, Set5, {weights and weights.name}; {total / 1e6:.1f} MB")
-
-
-def newest_weights(folder: Path) -> Path | None:
-    found = sorted(folder.glob("*.safetensors"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-    return found[-1] if found else None
+    print(f"device/: {count} training images and Set5; {total / 1e6:.1f} MB")
 
 
 class Session:
@@ -114,36 +109,30 @@ class Session:
         (self.out / "session.md").write_text("\n".join(self.report) + "\n")
 
 
-def fastest_lever(table: str) -> str:
-    """The batch-16 lever with the most MP/s in a throughput table ("cached" if none parsed)."""
-    best, best_rate = "cached", -1.0
-    for match in re.finditer(r"^\| ([\w-]+) \| [\d.]+ \| ([\d.]+) \|", table, re.MULTILINE):
-        lever, rate = match.group(1), float(match.group(2))
-        if lever in LEVER_FLAGS and rate > best_rate:
-            best, best_rate = lever, rate
-    return best
+def mp_per_s(table: str, lever: str) -> float | None:
+    """MP/s of a lever's row in a throughput table."""
+    match = re.search(rf"^\| {re.escape(lever)} \| [\d.]+ \| ([\d.]+) \|", table, re.MULTILINE)
+    return float(match.group(1)) if match else None
 
 
-def lever_row(table: str, lever: str) -> tuple[float, float] | None:
-    """(steps/s, warm-up seconds) of a lever's row in a throughput table."""
-    pattern = rf"^\| {re.escape(lever)} \| ([\d.]+) \| [\d.]+ \| [\d.]+x \| ([\d.]+) \|"
-    match = re.search(pattern, table, re.MULTILINE)
-    return (float(match.group(1)), float(match.group(2))) if match else None
+def chosen_batch(table: str, small: int, big: int) -> int:
+    """`big` when the throughput table shows it at least BIG_BATCH_GAIN times the MP/s of `small`."""
+    rate_small, rate_big = mp_per_s(table, "device-crops"), mp_per_s(table, f"batch-{big}")
+    return big if rate_small and rate_big and rate_big >= BIG_BATCH_GAIN * rate_small else small
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (on the device machine: $OUT)")
     parser.add_argument("--prepare", action="store_true", help="fill device/ from ../shared, then stop")
-    parser.add_argument("--prepare-mb", type=float, default=48.0, help="MB of training images to carry")
+    parser.add_argument("--prepare-mb", type=float, default=52.0, help="MB of training images to carry")
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes")
     parser.add_argument(
         "--budget-minutes", type=float, help="the whole session's wall time (default 9; 20 with --smoke, for busy CPUs)"
     )
     parser.add_argument("--data", type=Path, default=DEVICE / "data" / "train")
     parser.add_argument("--set5", type=Path, default=DEVICE / "data" / "Set5")
-    parser.add_argument("--init-from", help="weights to continue (default: newest in device/weights)")
-    parser.add_argument("--train-minutes", type=float, default=0, help="0: whatever the budget leaves")
+    parser.add_argument("--init-from", type=Path, default=BUNDLED, help="weights to train on (default: bundled)")
     args = parser.parse_args()
     if args.prepare:
         prepare(args.prepare_mb)
@@ -154,78 +143,102 @@ def main() -> None:
     python = sys.executable
     session = Session(args.out, 60 * (args.budget_minutes or (20.0 if args.smoke else 9.0)))
     scratch = Path(tempfile.mkdtemp(prefix="iarn-session-"))
+    model = load_config(args.init_from)
+    model_flags = ["--blocks-per-level", str(model["blocks_per_level"]), "--growth", str(model["growth"])]
     if args.smoke:
-        device, model_flags = "cpu", ["--blocks-per-level", "1", "--growth", "4"]
-        sizes = ["--batch-size", "2", "--crop", "32", "--big-batch", "4", "--warmup", "1", "--steps", "2"]
-        throughput = [*model_flags, *sizes, "--windows", "1", "--levers", "rebuilt", "cached", "device-crops"]
-        infer = ["--megapixels", "0.02", "--repeats", "1", "--variants", "fp32", "bf16"]
+        device, batch, big_batch, crop = "cpu", 2, 4, "32"
+        timing = ["--warmup", "1", "--steps", "2", "--windows", "1"]
+        infer = ["--megapixels", "0.02", "--repeats", "1"]
+        variants = ["fp32", "untiled+bf16"]
         gate = ["--variants", "bf16"]
-        train_size = [*model_flags, "--batch-size", "2", "--crop", "32", "--steps", "3"]
-        if not args.data.is_dir():
-            args.data = synthetic_images(scratch / "train", 4, 96)
-        if not args.set5.is_dir():
-            args.set5 = synthetic_images(scratch / "set5", 2, 64)
-        init_from = None
+        args.data = synthetic_images(scratch / "train", 4, 96)
+        args.set5 = synthetic_images(scratch / "set5", 2, 64)
+        train_minutes = 0.3  # the fitted schedule's probe needs 50 steps
     else:
-        device, throughput = "cuda", []
-        # compile+bf16 is left out: infer.py compiles during its warm-up, before any row is printed
-        infer = ["--megapixels", "8.3", "--repeats", "5", "--variants", "fp32", "bf16", "untiled+bf16", "untiled+fp16"]
+        device, batch, big_batch, crop = "cuda", 16, 32, "144"
+        timing = ["--warmup", "3", "--steps", "10", "--windows", "2"]
+        infer = ["--megapixels", "8.3", "--repeats", "5"]
+        variants = ["fp32", "bf16", "untiled+bf16", "untiled+bf16+channels_last", "untiled+fp16"]
         gate = ["--variants", "bf16", "fp16"]
-        train_size = []
-        init_from = args.init_from or newest_weights(DEVICE / "weights")
-    session.report += [
-        f"device {device}; data {args.data} ({len(list(args.data.iterdir()))} files); init from {init_from}",
-        "",
-    ]
-
-    # 1. training throughput, lever by lever
+        train_minutes = None  # what is left but RESERVE_S
+    session.report += [f"device {device}; data {args.data} ({len(list(args.data.iterdir()))} files)", ""]
     bench = ROOT / "benchmarks"
+
+    # 1. the training step of the model to train: batch 16 against 32 (synthetic images: speed only)
+    sizes = ["--batch-size", str(batch), "--big-batch", str(big_batch), "--crop", crop]
     table = session.phase(
         "throughput",
-        [python, str(bench / "train_throughput.py"), "--device", device, "--data", str(args.data), *throughput],
-        limit_s=0.4 * session.left(),  # compiling (3 rows) dominates; rows print as they finish
+        [python, str(bench / "train_throughput.py"), "--device", device, *model_flags, *sizes, *timing]
+        + ["--levers", "device-crops", "batch"],
+        limit_s=60,
         output=args.out / "throughput.md",
     )
+    batch = chosen_batch(table, batch, big_batch)
 
-    # 2. inference at 4K and the quality gate
-    weights = [] if init_from is None else ["--weights", str(init_from)]
+    # 2-4. inference at 4K (default-size model), its profile, the quality gate (bundled model)
     text = session.phase(
-        "infer", [python, str(bench / "infer.py"), "--device", device, *weights, *infer], limit_s=0.2 * session.left()
+        "infer",
+        [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer, "--variants", *variants],
+        limit_s=75,
+    )
+    session.phase(
+        "profile",
+        [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer[:2]]
+        + ["--profile", "untiled+bf16", "--profile-rows", "25"],
+        limit_s=40,
+        output=args.out / "profile.md",
     )
     text += session.phase(
         "quality gate",
-        [python, str(bench / "quality_gate.py"), "--device", device, "--data", str(args.set5), *weights, *gate],
-        limit_s=0.15 * session.left(),
+        [python, str(bench / "quality_gate.py"), "--device", device, "--data", str(args.set5), *gate],
+        limit_s=40,
     )
     (args.out / "infer.md").write_text(text)
 
-    # 3. training from the given weights with the fastest settings
-    lever = fastest_lever(table)
-    minutes = args.train_minutes or max(0.2, (session.left() - 75) / 60)
-    row = lever_row(table, lever)
-    rate = row[0] if row else None
-    if row and not args.smoke:  # the cosine schedule should end with the time, compile time left out
-        steps = ["--steps", str(max(10, int(row[0] * (minutes * 60 - row[1]))))]
-    else:
-        steps = []
+    # 5. training, compiled, its schedule fitted to the time left
     run = scratch / "run"
+    minutes = train_minutes or max(0.3, (session.left() - RESERVE_S) / 60)
     train = [python, "-m", "iarn", "train", "--data", str(args.data), "--out", str(run), "--device", device]
-    train += [*train_size, *steps, *LEVER_FLAGS.get(lever, []), "--max-minutes", f"{minutes:.2f}", "--no-progress"]
-    train += ["--checkpoint-every", "100000", "--log-every", "100"]
-    train += [] if init_from is None else ["--init-from", str(init_from)]
-    session.report += [f"fastest lever: {lever} ({rate} steps/s); training {minutes:.1f} min", ""]
-    session.phase("train", train, limit_s=60 * minutes + 60)
+    train += ["--init-from", str(args.init_from), *TRAIN_RECIPE, "--crop", crop, "--batch-size", str(batch)]
+    train += ["--steps", "1000000", "--fit-steps", "--checkpoint-every", "100000", "--log-every", "100"]
+    train += ["--no-progress"]
+    session.report += [f"batch {batch}; training {minutes:.1f} min: {' '.join(train)}", ""]
+    compiled = [] if args.smoke else ["--compile"]  # compiling on the CPU would take most of a smoke run
+    session.phase("train", [*train, *compiled, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 45)
+    if not (run / "model.safetensors").exists():
+        minutes = min(minutes, (session.left() - RESERVE_S) / 60)
+        if minutes > 0.25:
+            shutil.rmtree(run, ignore_errors=True)
+            session.phase("train eager", [*train, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 30)
     for name, target in (("log.jsonl", "train_log.jsonl"), ("model.safetensors", "model.safetensors")):
         if (run / name).exists():
             shutil.copy2(run / name, args.out / target)
 
-    # 4. evaluation on Set5
+    # 6. compiled inference with what is left, less the evaluation
+    if not args.smoke and session.left() > 40:
+        text += session.phase(
+            "infer compiled",
+            [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer[:2]]
+            + ["--repeats", "3", "--variants", "untiled+bf16", "untiled+bf16+compile"],
+            limit_s=session.left() - 20,
+        )
+        (args.out / "infer.md").write_text(text)
+
+    # 7. evaluation on Set5
     if (args.out / "model.safetensors").exists():
         evaluate = [python, "-m", "iarn", "evaluate", "--data", str(args.set5), "--device", device]
         evaluate += ["--weights", str(args.out / "model.safetensors"), "--json", str(args.out / "evaluate.json")]
-        session.phase("evaluate", evaluate, limit_s=session.left(), output=args.out / "evaluate.md")
+        session.phase("evaluate", evaluate, limit_s=session.left())
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"session report: {args.out / 'session.md'}")
+
+
+def load_config(weights: Path) -> dict:
+    """The model config stored in a weight file's metadata (without importing iarn)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as handle:
+        return json.loads(handle.metadata()["config"])
 
 
 if __name__ == "__main__":

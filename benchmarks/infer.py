@@ -3,6 +3,7 @@
     python benchmarks/infer.py                                   # 1 MP, bundled default, fp32 vs bf16
     python benchmarks/infer.py --megapixels 1 8 24 --variants fp32 bf16 tile-768+bf16
     python benchmarks/infer.py --device cuda --megapixels 8 --variants fp32 bf16 fp16 compile+bf16
+    python benchmarks/infer.py --device cuda --megapixels 8.3 --profile untiled+bf16   # top operators
     python benchmarks/infer.py --cli-memory 50 --cli-flags "--precision fp32"   # `iarn` on a 50 MP PNG
 
 Speed: per image size, downscale (x`--scale`) and upscale of one image (batch 1) for every
@@ -167,6 +168,29 @@ def speed(args) -> None:
                 )
 
 
+def profile(args) -> None:
+    """The heaviest operators of one downscale and one upscale with variant `args.profile`."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    model, tile = build_model(args.weights, args.profile, args.device)
+    picture = Picture(rgb=image_of(args.megapixels[-1]))
+    lr_size = size_for_scale(picture.size, args.scale)
+    lr = run_downscale(model, tile, picture, lr_size)  # warm-up
+    run_upscale(model, tile, lr, picture.size)
+    cuda = args.device.startswith("cuda")
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    for op, call in (
+        ("downscale", partial(run_downscale, model, tile, picture, lr_size)),
+        ("upscale", partial(run_upscale, model, tile, lr, picture.size)),
+    ):
+        with profiler(activities=activities) as prof:
+            seconds = timed(call, args.device)
+        print(f"\n{op}, {args.profile}, {picture.size[1]}x{picture.size[0]}: {seconds:.3f} s")
+        key = "self_device_time_total" if cuda else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=args.profile_rows, max_name_column_width=48))
+
+
 def memory_child(args) -> None:
     """One size and variant in this fresh process: down + up, then the peak RSS."""
     model, tile = build_model(args.weights, args.variants[0], args.device)
@@ -262,6 +286,8 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="peak RSS per size and variant, fresh processes")
     parser.add_argument("--cli-memory", type=float, metavar="MP", help="peak RSS of the CLI on an MP-megapixel PNG")
     parser.add_argument("--cli-flags", default="", help="more flags for the CLI runs, e.g. '--precision fp32'")
+    parser.add_argument("--profile", metavar="VARIANT", help="operator profile of one call of VARIANT, largest size")
+    parser.add_argument("--profile-rows", type=int, default=20)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -270,6 +296,8 @@ def main() -> None:
         cli_memory(args)
     elif args.memory:
         memory(args)
+    elif args.profile:
+        profile(args)
     else:
         speed(args)
 

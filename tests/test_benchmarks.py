@@ -59,9 +59,10 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
-    expected = ["evaluate.json", "evaluate.md", "infer.md", "model.safetensors", "session.md", "throughput.md"]
+    expected = ["evaluate.json", "infer.md", "model.safetensors", "profile.md", "session.md", "throughput.md"]
+    expected += ["train_log.jsonl"]
     assert set(expected) <= set(files) and len(files) <= 8, (files, result.stdout[-3000:])
     report = (tmp_path / "out" / "session.md").read_text()
     statuses = [line for line in report.splitlines() if line.startswith("## ")]
-    assert len(statuses) == 5 and all(": exit 0," in line for line in statuses), statuses
-    assert "fastest lever:" in report
+    assert len(statuses) == 6 and all(": exit 0," in line for line in statuses), statuses
+    assert "; training " in report and "--fit-steps" in report

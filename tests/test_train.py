@@ -1,5 +1,6 @@
 """Training smoke tests on small synthetic images: steps, interrupt and resume, DDP, evaluate."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -107,6 +108,23 @@ def test_learning_rate_schedules():
     assert learning_rate(cfg, 100) == pytest.approx(0, abs=1e-12)
     step = TrainConfig(steps=100, warmup=0, lr=1e-3, schedule="step")
     assert learning_rate(step, 60) == pytest.approx(5e-4) and learning_rate(step, 95) == pytest.approx(1.25e-4)
+
+
+def test_fit_steps_sizes_the_schedule_to_the_time(image_folder, tmp_path, monkeypatch):
+    clock = itertools.cycle([100.0, 140.0])  # steps 10 and 50 of the probe: 40 steps in 40 s, 1 step/s
+    monkeypatch.setattr("iarn.train._synced_clock", lambda runtime: next(clock))
+    cfg = small_config(image_folder, tmp_path / "fit", steps=10_000, checkpoint_every=1000, warmup=100)
+    train(cfg, progress=False, max_minutes=0.5, fit_steps=True)
+    saved = torch.load(tmp_path / "fit" / "checkpoint.pt", weights_only=True)
+    # 30 s less 2 % at 1 step/s from step 50, less the real seconds spent before the probe ended
+    assert 50 < saved["train_config"]["steps"] == saved["step"] <= 50 + 29
+    capped = train(
+        small_config(image_folder, tmp_path / "cap", steps=55), progress=False, max_minutes=5, fit_steps=True
+    )
+    assert torch.load(tmp_path / "cap" / "checkpoint.pt", weights_only=True)["step"] == 55
+    assert load_weights(capped).config == cfg.model
+    with pytest.raises(ValueError, match="max_minutes"):
+        train(cfg, progress=False, fit_steps=True)
 
 
 @pytest.mark.parametrize("mode", ["cycle", "split"])

@@ -178,6 +178,11 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-minutes", type=float, metavar="M", help="end this invocation after M minutes (resumable)"
     )
+    parser.add_argument(
+        "--fit-steps",
+        action="store_true",
+        help="size the schedule to --max-minutes from the measured step rate (--steps: the most)",
+    )
     for cls in (TrainConfig, ModelConfig):
         for f in dataclasses.fields(cls):
             if f.name == "model":
@@ -480,6 +485,7 @@ def cmd_train(args) -> int:
         progress=not args.no_progress,
         stop_at=args.stop_at,
         max_minutes=args.max_minutes,
+        fit_steps=args.fit_steps,
     )
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {final}")

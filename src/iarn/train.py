@@ -428,6 +428,11 @@ class RunLog:
                 loss=f"{values['loss']:.4f}", rec=f"{values['rec']:.4f}", sps=f"{values['steps_per_s']:.2f}"
             )
 
+    def set_total(self, total: int) -> None:
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+
     def advance(self) -> None:
         if self.bar is not None:
             self.bar.update(1)
@@ -448,14 +453,20 @@ def train(
     progress: bool = True,
     stop_at: int | None = None,
     max_minutes: float | None = None,
+    fit_steps: bool = False,
 ) -> Path:
     """Train; returns the path of the weight file written at the end (`OUT/model.safetensors`).
 
     `resume` ("auto" or a checkpoint path) continues a run: `cfg` must then carry the
     checkpoint's recipe (see `resume_config`, which builds such a config). `stop_at` (a step)
     and `max_minutes` end this invocation early without changing the schedule: the checkpoint
-    it writes lets `resume="auto"` carry on to `cfg.steps`.
+    it writes lets `resume="auto"` carry on to `cfg.steps`. `fit_steps` (needs `max_minutes`)
+    instead sizes the schedule to the time: the step rate measured over steps 10-50 of this
+    invocation (after any compilation, before the warm-up ends) sets `cfg.steps`, at most the given
+    one, so that the schedule, not the clock, ends the run.
     """
+    if fit_steps and not max_minutes:
+        raise ValueError("fit_steps needs max_minutes (the time the schedule should fill)")
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder (--out names the run's folder)")
@@ -487,7 +498,15 @@ def train(
 
     started = window_start = time.perf_counter()
     window_steps = 0
+    fit_from, fit_clock = (state.step + FIT_SETTLE if fit_steps else None), 0.0
     while state.step < cfg.steps:
+        if fit_from is not None and state.step == fit_from:
+            fit_clock = _synced_clock(runtime)
+        elif fit_from is not None and state.step == fit_from + FIT_PROBE:
+            rate = FIT_PROBE / (_synced_clock(runtime) - fit_clock)
+            cfg, fit_from = _fit_schedule(cfg, state.step, rate, started, max_minutes, runtime), None
+            if log is not None:
+                log.set_total(cfg.steps)
         if stop_at is not None and state.step >= stop_at or _out_of_time(started, max_minutes, runtime):
             break
         hr, lr_size, scale = next_batch(sampler, cfg, runtime.rank, state.step)
@@ -520,6 +539,31 @@ def train(
         dist.barrier()
         dist.destroy_process_group()
     return final
+
+
+FIT_SETTLE, FIT_PROBE = 10, 40  # steps left out of (compilation, first allocations), steps timed
+
+
+def _synced_clock(runtime: Runtime) -> float:
+    if runtime.device.type == "cuda":
+        torch.cuda.synchronize(runtime.device)
+    return time.perf_counter()
+
+
+def _fit_schedule(
+    cfg: TrainConfig, step: int, rate: float, started: float, max_minutes: float, runtime: Runtime
+) -> TrainConfig:
+    """`cfg` with `steps` such that the schedule ends when `max_minutes` are up (2 % kept for the
+    final save), at most `cfg.steps`; every rank takes the smallest estimate."""
+    left = 60 * max_minutes * 0.98 - (time.perf_counter() - started)
+    steps = torch.tensor(float(min(cfg.steps, max(step + 1, step + int(rate * left)))))
+    if runtime.ddp:
+        steps = steps.to(runtime.device)
+        dist.all_reduce(steps, op=dist.ReduceOp.MIN)
+    fitted = dataclasses.replace(cfg, steps=int(steps.item()))
+    if runtime.master:
+        print(f"{rate:.2f} steps/s: the schedule now ends at step {fitted.steps}", flush=True)
+    return fitted
 
 
 def _checked_resume(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
