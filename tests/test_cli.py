@@ -254,3 +254,23 @@ def test_compare_writes_a_four_panel_figure(tmp_path, capsys, photo_file, weight
     args = ("compare", photo_file, "--scale", "2", "-o", out, "--weights", weights_file, "--force", "--crop", "80,0,40")
     code, printed, err = run(capsys, *args)
     assert_one_line_error(code, err, "does not fit")
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["downscale", "--help"], ["train", "--help"]])
+def test_help_and_version_do_not_import_torch_unless_needed(argv):
+    code = (
+        "import sys\nfrom iarn.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print('torch' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=True)
+    # train's flags come from TrainConfig (torch); everything else answers without it
+    assert result.stdout.strip().splitlines()[-1] == str(argv[0] == "train")
+
+
+def test_every_public_name_resolves():
+    import iarn
+
+    assert set(iarn.__all__) == {"__version__", *iarn._EXPORTS}
+    assert all(getattr(iarn, name) is not None for name in iarn.__all__)
+    with pytest.raises(AttributeError):
+        iarn.no_such_name  # noqa: B018

@@ -67,3 +67,19 @@ def test_uint8_conversion_in_strips_equals_one_shot():
     one_shot = x[0].mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     for strip_pixels in (1, 50, 11 * 37, 1 << 22):
         assert (to_uint8(x, strip_pixels) == one_shot).all()
+
+
+def test_whole_images_on_cuda_when_they_fit(monkeypatch):
+    """CPU: tiles above 1 MP; CUDA: whole images while they fit in half the free memory."""
+    from iarn.model import IARN, ModelConfig
+    from iarn.tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, _untiled
+
+    model = IARN(ModelConfig(blocks_per_level=1, growth=4))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    big = (2353, 3528)  # 8.3 MP
+    assert not _untiled(model, None, big, cpu) and _untiled(model, None, (1000, 1000), cpu)
+    assert AUTO_TILE_PIXELS < big[0] * big[1]
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 << 30, 80 << 30))
+    assert _untiled(model, None, big, cuda) and not _untiled(model, 512, big, cuda)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (big[0] * big[1] * CUDA_BYTES_PER_PIXEL, 0))
+    assert not _untiled(model, None, big, cuda)

@@ -4,13 +4,28 @@ import iarn
 model = iarn.load()                          # bundled weights, best device
 lr = model.downscale(hr, scale=2.7)          # (B, 3, H, W) in [0, 1] -> (B, 3, h, w)
 restored = model.upscale(lr, size=hr.shape[-2:])
+
+The names below are imported on first use, so `import iarn` (and `iarn --help`) does not
+import torch.
 """
 
-from .api import downscale_image, upscale_image
-from .model import IARN, ModelConfig
-from .weights import WeightsError, load, load_weights, save_weights
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    "IARN": ".model",
+    "ModelConfig": ".model",
+    "WeightsError": ".weights",
+    "downscale_image": ".api",
+    "load": ".weights",
+    "load_weights": ".weights",
+    "save_weights": ".weights",
+    "upscale_image": ".api",
+}
 __all__ = [
     "IARN",
     "ModelConfig",
@@ -22,3 +37,14 @@ __all__ = [
     "save_weights",
     "upscale_image",
 ]
+
+if TYPE_CHECKING:
+    from .api import downscale_image, upscale_image
+    from .model import IARN, ModelConfig
+    from .weights import WeightsError, load, load_weights, save_weights
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module 'iarn' has no attribute {name!r}")

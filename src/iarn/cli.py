@@ -104,7 +104,9 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
+    """The whole command line; `train_flags=False` leaves out `train`'s flags (they come from
+    the training config, whose import brings torch), so `iarn --help` and `--version` stay fast."""
     from . import __version__
 
     parser = _Parser(prog="iarn", description="Invertible arbitrary-scale image rescaling (IARN).")
@@ -152,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("info", help="version, devices and bundled models")
 
     train = commands.add_parser("train", help="train a model on a folder of images")
-    _train_arguments(train)
+    if train_flags:
+        _train_arguments(train)
 
     ev = commands.add_parser("evaluate", help="PSNR/SSIM tables per dataset and scale (design section 5)")
     ev.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
@@ -544,10 +547,11 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(train_flags=argv[:1] == ["train"]).parse_args(argv)  # --help: no torch
     from .imageio import ImageError
     from .weights import WeightsError
 
-    args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
     except (CliError, ImageError, WeightsError, ValueError, TypeError, FileNotFoundError) as error:
