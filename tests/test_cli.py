@@ -274,3 +274,34 @@ def test_every_public_name_resolves():
     assert all(getattr(iarn, name) is not None for name in iarn.__all__)
     with pytest.raises(AttributeError):
         iarn.no_such_name  # noqa: B018
+
+
+def test_batch_pipeline_reports_each_failure_once_and_writes_the_rest(capsys):
+    from iarn.cli import CliError, _run_batch
+
+    jobs = [(Path(f"in{k}"), Path(f"out{k}")) for k in range(6)]
+    written = []
+
+    def read(source, target):
+        if source.name == "in1":
+            raise CliError("in1: unreadable")
+        return source.name
+
+    def compute(item):
+        if item == "in3":
+            raise ValueError("in3: too small")
+        return item.upper()
+
+    def write(result, target):
+        if target.name == "out4":
+            raise OSError(28, "No space left on device", "out4")
+        written.append((result, target.name))
+
+    assert _run_batch(jobs, read, compute, write) == 3
+    assert written == [("IN0", "out0"), ("IN2", "out2"), ("IN5", "out5")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("iarn: error:")]
+    assert errors == [
+        "iarn: error: in1: unreadable",
+        "iarn: error: in3: too small",
+        "iarn: error: out4: No space left on device",
+    ]

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-from .files import IMAGE_SUFFIXES
+from .files import IMAGE_SUFFIXES, PNG_LEVEL
 
 SAMPLE_IMAGE = "kodim23.png"
 
@@ -104,6 +104,17 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
 
+def _png_level(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--png-level",
+        type=int,
+        choices=range(10),
+        default=PNG_LEVEL,
+        metavar="0-9",
+        help="zlib level of PNG outputs: higher is smaller and slower (default %(default)s)",
+    )
+
+
 def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     """The whole command line; `train_flags=False` leaves out `train`'s flags (they come from
     the training config, whose import brings torch), so `iarn --help` and `--version` stay fast."""
@@ -120,6 +131,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     down.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _png_level(down)
     _common(down)
 
     up = commands.add_parser("upscale", help="LR PNGs made by iarn -> restored HR images")
@@ -129,6 +141,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     up.add_argument("--ext", default="png", choices=["png", "webp", "jpg", "tif"], help="output format (default png)")
     up.add_argument("--seed", type=int, help="sample z with this seed (split-mode models) instead of z = 0")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _png_level(up)
     _common(up)
 
     trip = commands.add_parser("roundtrip", help="down- and upscale in memory; print PSNR-Y against bicubic")
@@ -282,29 +295,56 @@ def _load_model(args):
         raise CliError(str(error)) from None
 
 
-def _run_batch(jobs, work) -> int:
-    """Run `work(source, target)` per job; report failures as one line each; count them."""
+def _run_batch(jobs, read, compute, write) -> int:
+    """Per job (source, target): `read(source, target)`, `compute(item)`, `write(result, target)`.
+
+    A pipeline: the next image is decoded and the previous result encoded in worker threads
+    while the model runs (Pillow and zlib release the GIL), one of each at a time. A failed job
+    is reported as one line and the batch goes on; returns the number of failures."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from .imageio import ImageError
 
     failures = 0
-    iterator = jobs
     bar = None
     if len(jobs) > 1:
         from tqdm import tqdm
 
-        bar = tqdm(jobs, unit="img", dynamic_ncols=True, file=sys.stderr)
-        iterator = bar
-    for source, target in iterator:
+        bar = tqdm(total=len(jobs), unit="img", dynamic_ncols=True, file=sys.stderr)
+
+    def attempt(call, *arguments):
+        nonlocal failures
         try:
-            work(source, target)
+            return call(*arguments)
         except (CliError, ImageError, ValueError, OSError) as error:
             failures += 1
             reason = f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.strerror else error
-            message = f"iarn: error: {reason}"
-            if bar is None:
-                print(message, file=sys.stderr)
-            else:
-                bar.write(message, file=sys.stderr)
+            (print if bar is None else bar.write)(f"iarn: error: {reason}", file=sys.stderr)
+            return None
+
+    def finish(writing) -> None:
+        if writing is not None:
+            attempt(writing.result)
+            if bar is not None:
+                bar.update(1)
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        reading = reader.submit(read, *jobs[0]) if jobs else None
+        writing = None
+        for index, (_, target) in enumerate(jobs):
+            item = attempt(reading.result)
+            if index + 1 < len(jobs):
+                reading = reader.submit(read, *jobs[index + 1])
+            result = None if item is None else attempt(compute, item)
+            finish(writing)
+            writing = None
+            if result is not None:
+                writing = writer.submit(write, result, target)
+            elif bar is not None:
+                bar.update(1)
+        finish(writing)
+    if bar is not None:
+        bar.close()
     return failures
 
 
@@ -323,16 +363,21 @@ def cmd_downscale(args) -> int:
 
         check_scale(args.scale, model.config.max_scale)
 
-    def work(source: Path, target: Path) -> None:
+    def read(source: Path, target: Path):
         _check_target(source, target, args.force)
-        picture = read_picture(source, allow_huge=args.allow_huge)
+        return read_picture(source, allow_huge=args.allow_huge)
+
+    def compute(picture):
         lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
-        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile)
+        return downscale_picture(model, picture, size=lr_size, tile=args.tile), picture.size
+
+    def write(result, target: Path) -> None:
+        lr, hr_size = result
         if target.suffix.lower() != ".png":
             print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
-        write_picture(lr, target, hr_size=picture.size)
+        write_picture(lr, target, hr_size=hr_size, png_level=args.png_level)
 
-    return 1 if _run_batch(jobs, work) else 0
+    return 1 if _run_batch(jobs, read, compute, write) else 0
 
 
 def cmd_upscale(args) -> int:
@@ -343,7 +388,7 @@ def cmd_upscale(args) -> int:
     jobs = _collect(args.inputs, args.output, "." + args.ext)
     model = _load_model(args)
 
-    def work(source: Path, target: Path) -> None:
+    def read(source: Path, target: Path):
         _check_target(source, target, args.force)
         picture = read_picture(source, allow_huge=args.allow_huge)
         size = args.size or picture.hr_size
@@ -357,9 +402,16 @@ def cmd_upscale(args) -> int:
                     f"{source}: the size recorded in the file ({size[1]}x{size[0]}) is not plausible for this "
                     f"{picture.size[1]}x{picture.size[0]} image (edited or damaged?); pass --size WxH"
                 ) from None
-        write_picture(upscale_picture(model, picture, size, tile=args.tile, seed=args.seed), target)
+        return picture, size
 
-    return 1 if _run_batch(jobs, work) else 0
+    def compute(item):
+        picture, size = item
+        return upscale_picture(model, picture, size, tile=args.tile, seed=args.seed)
+
+    def write(hr, target: Path) -> None:
+        write_picture(hr, target, png_level=args.png_level)
+
+    return 1 if _run_batch(jobs, read, compute, write) else 0
 
 
 def sample_image_path() -> Path:
@@ -590,6 +642,9 @@ def entry() -> NoReturn:
     try:
         code = main()
         sys.stdout.flush()
+    except KeyboardInterrupt:  # before main's own handler is in place (while torch imports)
+        print("iarn: interrupted", file=sys.stderr)
+        code = 130
     except BrokenPipeError:  # `iarn info | head`: the reader left; not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0

@@ -9,6 +9,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+# zlib level of the PNGs iarn writes (Pillow's default is 6): level 6 costs several times the
+# encoding time of level 1 for a few per cent of size (docs/performance.md, "Batches")
+PNG_LEVEL = 1
 
 
 def find_images(paths: list[str | Path]) -> list[Path]:

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
-from .files import atomic_write
+from .files import PNG_LEVEL, atomic_write
 
 HR_SIZE_KEY = "iarn:hr_size"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -178,8 +178,11 @@ def to_pil(picture: Picture) -> Image.Image:
     return Image.fromarray(picture.rgb, "RGB")
 
 
-def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int, int] | None = None) -> None:
-    """Write atomically; `hr_size` (H, W) is recorded in a PNG text chunk."""
+def write_picture(
+    picture: Picture, path: str | os.PathLike, hr_size: tuple[int, int] | None = None, png_level: int = PNG_LEVEL
+) -> None:
+    """Write atomically; `hr_size` (H, W) is recorded in a PNG text chunk; `png_level` is
+    zlib's level (0-9) for PNG."""
     path = Path(path)
     image = to_pil(picture)
     suffix = path.suffix.lower()
@@ -194,6 +197,7 @@ def write_picture(picture: Picture, path: str | os.PathLike, hr_size: tuple[int,
         if hr_size is not None:
             info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
         options["pnginfo"] = info
+        options["compress_level"] = png_level
     elif suffix in (".jpg", ".jpeg"):
         options["quality"] = 95
         if image.mode in ("RGBA", "LA"):
