@@ -170,7 +170,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     if train_flags:
         _train_arguments(train)
 
-    ev = commands.add_parser("evaluate", help="PSNR/SSIM tables per dataset and scale (design section 5)")
+    ev = commands.add_parser("evaluate", help="PSNR/SSIM tables per dataset and scale (docs/design.md section 5)")
     ev.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
     ev.add_argument("--scales", default="1.5,2,2.5,3,3.5,4", help="symmetric scales (default %(default)s)")
     ev.add_argument("--asym", default="1.5x4,1.5x3.5,1.6x3.05,4x2", help="asymmetric SHxSW (default %(default)s)")

@@ -1,4 +1,4 @@
-"""Benchmark evaluation, exactly as design.md section 5 prescribes.
+"""Benchmark evaluation, exactly as docs/design.md section 5 prescribes.
 
 For every image and scale (s_h, s_w): LR size (max(1, round(H/s_h)), max(1, round(W/s_w))); the
 model's 8-bit LR; its upscale rounded to 8 bits; PSNR-Y, SSIM-Y and RGB PSNR against the HR with

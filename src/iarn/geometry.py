@@ -1,4 +1,4 @@
-"""Size conventions (design.md section 2): the target size is primary, a scale is sugar for it."""
+"""Size conventions (docs/design.md section 2): the target size is primary, a scale is sugar for it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fidelity metrics of the evaluation protocol (design.md section 5), in float64.
+"""Fidelity metrics of the evaluation protocol (docs/design.md section 5), in float64.
 
 Inputs are uint8 arrays (H, W, 3), RGB: outputs are rounded to 8 bits before scoring.
 Y is ITU-R BT.601: Y = 16 + 65.481 R + 128.553 G + 24.966 B with RGB in [0, 1], Y in [0, 255].

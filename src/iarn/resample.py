@@ -1,7 +1,7 @@
 """The reference bicubic resampler, as explicit separable matrices.
 
 `resize(x, size)` equals `F.interpolate(x, size, mode="bicubic", antialias=True,
-align_corners=False)` (float32 rounding aside), the reference bicubic of design.md section 2.
+align_corners=False)` (float32 rounding aside), the reference bicubic of docs/design.md section 2.
 Writing it as matrices lets a tile use exactly the rows and columns of the whole-image
 resampler that fall inside it, so tiled and untiled processing share one geometry.
 """

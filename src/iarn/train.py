@@ -1,4 +1,4 @@
-"""Training: one readable loop (design section 4; choices in docs/implementation.md).
+"""Training: one readable loop (docs/design.md section 4; choices in docs/implementation.md).
 
 Single process:      iarn train --data DIR --out runs/x --steps 20000
 Several GPUs (DDP):  torchrun --nproc_per_node 4 -m iarn train --data DIR --out runs/x

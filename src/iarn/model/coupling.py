@@ -7,7 +7,7 @@ encoding:
     s  = clamp * (2 * sigmoid(S(a', c)) - 1)
     b' = b * exp(s) + G(a', c)
 
-`G` and `S` share one subnet that outputs both (design.md section 7: same math, fewer kernels).
+`G` and `S` share one subnet that outputs both (the same math as two subnets, fewer kernels).
 Every subnet's last convolution starts at zero, so a fresh block is the identity.
 
 Precision: the subnets run in their weights' dtype (or the autocast dtype); the coupling

@@ -1,4 +1,4 @@
-"""Position-aware scale encoding (PSE), design.md section 3.
+"""Position-aware scale encoding (PSE), docs/design.md section 3.
 
 For working-grid row `i` (each grid cell spans `cell` HR pixels) of an image rescaled from `H` to
 `h` rows, the cell centre sits at `u = (i + 0.5) * cell * h / H - 0.5` in LR pixel units, and

@@ -1,4 +1,4 @@
-"""The invertible arbitrary-scale rescaling network (design.md section 3).
+"""The invertible arbitrary-scale rescaling network (docs/design.md section 3).
 
 Shapes and ranges. HR images are (B, 3, H, W) and LR images (B, 3, h, w), float, RGB, values in
 [0, 1], any 1 <= H/h <= `max_scale` and 1 <= W/w <= `max_scale` (the two factors independent).
