@@ -79,13 +79,17 @@ def test_bundled_weights_load_when_present(name):
     assert lr.shape[-2:] == (16, 16)
 
 
-def test_precision_auto_follows_the_cpu(monkeypatch):
+def test_precision_auto_follows_the_device(monkeypatch):
     from iarn import devices
 
-    cpu = torch.device("cpu")
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
     assert devices.resolve_precision("auto", cpu) == torch.bfloat16
-    assert devices.resolve_precision("auto", torch.device("cuda")) == torch.float32
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
+    assert devices.resolve_precision("auto", cuda) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
+    assert devices.resolve_precision("auto", cuda) == torch.float32
+    assert devices.resolve_precision("auto", torch.device("mps")) == torch.float32
     monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
     assert devices.resolve_precision("auto", cpu) == torch.float32
     assert devices.resolve_precision("fp16", cpu) == torch.float16

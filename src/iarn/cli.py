@@ -99,7 +99,8 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
         "--precision",
         default=precision,
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="dtype of the network's subnets; auto: bf16 on CPUs with native bf16, else fp32 (default %(default)s)",
+        help="dtype of the network's subnets; auto: bf16 on CPUs with native bf16 and on CUDA GPUs "
+        "from Ampere on, else fp32 (default %(default)s)",
     )
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
