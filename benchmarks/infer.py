@@ -16,6 +16,7 @@ of the same image in the same round. A variant joins options with `+`:
     untiled              never tile
     channels_last        model and input in channels-last memory format
     compile              torch.compile the subnets (slow first call: compile time is reported)
+    onnxruntime          the exported ONNX graphs (`iarn export`) in onnxruntime, fp32, whole images
 
 Memory: on CUDA, the peak allocated memory of each row; `--memory` runs each size and variant in
 a fresh process and reports its peak RSS (CPU). `--cli-memory MP` writes an MP-megapixel PNG and
@@ -50,7 +51,38 @@ from iarn.geometry import size_for_scale
 from iarn.imageio import Picture
 
 
-def build_model(weights: str, variant: str, device: str) -> tuple[IARN, int | None]:
+class OnnxModel:
+    """The exported graphs of a model in onnxruntime sessions (CPU, or CUDA when asked)."""
+
+    def __init__(self, model: IARN, device: str) -> None:
+        import onnxruntime as ort
+
+        from iarn.export import export_onnx
+
+        self.folder = tempfile.TemporaryDirectory()
+        down, up = Path(self.folder.name) / "down.onnx", Path(self.folder.name) / "up.onnx"
+        export_onnx(model, down, up)
+        providers = ["CUDAExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+        self.down, self.up = (ort.InferenceSession(str(p), providers=providers) for p in (down, up))
+
+    @staticmethod
+    def _to_float(rgb: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(rgb.transpose(2, 0, 1)[None], dtype=np.float32) / 255
+
+    @staticmethod
+    def _to_uint8(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.round(x[0].transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+
+    def downscale(self, picture: Picture, size: tuple[int, int]) -> Picture:
+        (lr,) = self.down.run(None, {"hr": self._to_float(picture.rgb), "lr_shape": np.zeros(size, np.uint8)})
+        return Picture(rgb=self._to_uint8(lr))
+
+    def upscale(self, picture: Picture, size: tuple[int, int]) -> Picture:
+        (hr,) = self.up.run(None, {"lr": self._to_float(picture.rgb), "hr_shape": np.zeros(size, np.uint8)})
+        return Picture(rgb=self._to_uint8(hr))
+
+
+def build_model(weights: str, variant: str, device: str) -> tuple[IARN | OnnxModel, int | None]:
     """The model for a variant, and the tile argument it implies."""
     if weights == "random":
         torch.manual_seed(0)
@@ -58,6 +90,8 @@ def build_model(weights: str, variant: str, device: str) -> tuple[IARN, int | No
     else:
         model = iarn.load(weights, device=device)
     tile: int | None = None
+    if variant == "onnxruntime":
+        return OnnxModel(model, device), None
     for option in variant.split("+"):
         if option in PRECISIONS:
             model = model.to(PRECISIONS[option])
@@ -106,11 +140,15 @@ def memory_format_of(model: IARN) -> torch.memory_format:
     return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
 
 
-def run_downscale(model: IARN, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+def run_downscale(model: IARN | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+    if isinstance(model, OnnxModel):
+        return model.downscale(picture, size)
     return downscale_picture(model, picture, size=size, tile=tile)
 
 
-def run_upscale(model: IARN, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+def run_upscale(model: IARN | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+    if isinstance(model, OnnxModel):
+        return model.upscale(picture, size)
     return upscale_picture(model, picture, size, tile=tile)
 
 
@@ -130,7 +168,7 @@ def speed(args) -> None:
         hr_size = rgb.shape[:2]
         lr_size = size_for_scale(hr_size, args.scale)
         picture = Picture(rgb=rgb)
-        lr = downscale_picture(models[args.variants[0]][0], picture, size=lr_size)
+        lr = run_downscale(*models[args.variants[0]], picture, lr_size)
         pil_hr, pil_lr = Image.fromarray(rgb), Image.fromarray(lr.rgb)
         ops = {
             "downscale": (

@@ -1,4 +1,4 @@
-"""The `iarn` command line: downscale, upscale, roundtrip, info, train, evaluate.
+"""The `iarn` command line: downscale, upscale, roundtrip, compare, info, export, train, evaluate.
 
 Every user error ends in one line `iarn: error: ...` on stderr and a non-zero exit (2 for
 malformed arguments, 1 otherwise); no traceback, no partial output file.
@@ -166,6 +166,15 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     _common(compare)
 
     commands.add_parser("info", help="version, devices and bundled models")
+
+    export = commands.add_parser("export", help="ONNX graphs of a model's downscale and upscale (any image size)")
+    export.add_argument(
+        "--onnx", required=True, metavar="NAME", help="writes NAME-downscale.onnx and NAME-upscale.onnx"
+    )
+    export.add_argument("--force", action="store_true", help="overwrite existing files")
+    group = export.add_mutually_exclusive_group()
+    group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
+    group.add_argument("--model", metavar="NAME", help="a bundled model (default: default)")
 
     train = commands.add_parser("train", help="train a model on a folder of images")
     if train_flags:
@@ -507,6 +516,20 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .export import export_onnx, onnx_paths
+    from .weights import load
+
+    down, up = onnx_paths(args.onnx)
+    for path in (down, up):
+        if path.exists() and not args.force:
+            raise CliError(f"{path} exists (use --force to overwrite)")
+    model = load(args.weights or args.model or "default", device="cpu")
+    export_onnx(model, down, up)
+    print(f"wrote {down} (hr, lr_shape -> lr) and {up} (lr, hr_shape -> hr)")
+    return 0
+
+
 def cmd_train(args) -> int:
     from .model import ModelConfig
     from .train import TrainConfig, merge_config, read_checkpoint, read_config_file, resume_config, train
@@ -594,6 +617,7 @@ COMMANDS = {
     "roundtrip": cmd_roundtrip,
     "compare": cmd_compare,
     "info": cmd_info,
+    "export": cmd_export,
     "train": cmd_train,
     "evaluate": cmd_evaluate,
 }

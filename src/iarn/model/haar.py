@@ -15,7 +15,7 @@ import torch.nn.functional as F
 def _pad_even(x: torch.Tensor) -> torch.Tensor:
     height, width = x.shape[-2:]
     pad_h, pad_w = height % 2, width % 2
-    if not (pad_h or pad_w):
+    if not (pad_h or pad_w) and not torch.compiler.is_exporting():  # exported: any parity, one graph
         return x
     mode = "reflect" if min(height, width) > 1 else "replicate"
     return F.pad(x, (0, pad_w, 0, pad_h), mode=mode)

@@ -1,0 +1,215 @@
+"""ONNX export: a model's downscale and upscale as two graphs that take any image size.
+
+Why the sizes are graph inputs and the geometry is inside the graphs: the resampling matrices and
+the scale-encoding maps depend only on the sizes, so each graph computes them itself (in float64,
+with the same arithmetic as `resample.py` and `model/encoding.py`, then cast to float32), and a
+caller needs nothing from iarn. A target size is given as the *shape* of a small input, because
+an ONNX graph can size tensors by shapes but a value input would make every output shape
+data-dependent:
+
+    downscale.onnx  hr (1, 3, H, W) float32 in [0, 1], lr_shape (h, w) any values (uint8 zeros)
+                    -> lr (1, 3, h, w) float32 in [0, 1], rounded to multiples of 1/255
+    upscale.onnx    lr (1, 3, h, w) float32 in [0, 1], hr_shape (H, W) any values
+                    -> hr (1, 3, H, W) float32 in [0, 1]
+
+H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's max_scale is
+the caller's to keep, as for `IARN.downscale`. Whole images only (no tiling) and z = 0. Needs
+the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .files import atomic_write
+from .model import IARN
+from .model.coupling import LR_CHANNELS
+from .model.encoding import ENCODINGS
+from .model.haar import haar_forward_levels, haar_inverse_levels, level_size
+
+MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
+OPSET = 18
+_A = -0.5  # Keys' cubic, as resample.py
+
+
+def _as_float64(size, like: torch.Tensor) -> torch.Tensor:
+    """A scalar float64 tensor holding a (symbolic) size."""
+    return torch.ones((), dtype=torch.float64, device=like.device) * size
+
+
+def _cubic(t: torch.Tensor) -> torch.Tensor:
+    t = t.abs()
+    near = ((_A + 2) * t - (_A + 3)) * t * t + 1
+    far = (((t - 5) * t + 8) * t - 4) * _A
+    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
+
+
+def resample_matrix_graph(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
+    """The (out_size, in_size) antialiased bicubic matrix of `resample.resample_matrix`, from
+    tensor arithmetic alone (dense: every weight outside the kernel's support is 0), float32."""
+    scale = _as_float64(in_size, like) / _as_float64(out_size, like)
+    support = torch.where(scale >= 1, 2 * scale, torch.full_like(scale, 2.0))
+    inverse = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    center = scale * (torch.arange(out_size, dtype=torch.float64, device=like.device) + 0.5)
+    index = torch.arange(in_size, dtype=torch.float64, device=like.device)
+    offset = index[None, :] - center[:, None] + 0.5
+    weights = torch.where(offset.abs() < support, _cubic(offset * inverse), torch.zeros_like(offset))
+    total = weights.sum(dim=1, keepdim=True)
+    weights = weights / torch.where(total == 0, torch.ones_like(total), total)
+    return weights.to(torch.float32)
+
+
+def encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: tuple, like: torch.Tensor):
+    """`model.encoding.scale_encoding` for a whole image, from tensor arithmetic: (1, K, gh, gw)."""
+    rows, cols = grid
+    device = like.device
+    zeros = torch.zeros((1, 1, rows, cols), dtype=torch.float32, device=device)
+    if kind == "off":
+        return zeros.expand(1, 4, rows, cols)
+    inv_h = _as_float64(lr_size[0], like) / _as_float64(hr_size[0], like)
+    inv_w = _as_float64(lr_size[1], like) / _as_float64(hr_size[1], like)
+
+    def phase(count, ratio):
+        u = (torch.arange(count, dtype=torch.float64, device=device) + 0.5) * cell * ratio - 0.5
+        return u - torch.round(u)
+
+    delta_h = phase(rows, inv_h).to(torch.float32)[None, None, :, None] + zeros
+    delta_w = phase(cols, inv_w).to(torch.float32)[None, None, None, :] + zeros
+    maps = [inv_h.to(torch.float32) + zeros, inv_w.to(torch.float32) + zeros]
+    if kind == "pse":
+        maps += [delta_h, delta_w]
+    elif kind == "scale":
+        maps += [zeros, zeros]
+    elif kind == "sincos":
+        for delta in (delta_h, delta_w):
+            maps += [torch.sin(2 * math.pi * delta), torch.cos(2 * math.pi * delta)]
+    else:
+        raise ValueError(f"unknown encoding {kind!r}; expected one of {ENCODINGS}")
+    return torch.cat(maps, dim=1)
+
+
+class _Graph(nn.Module):
+    def __init__(self, model: IARN) -> None:
+        super().__init__()
+        if model.config.mode == "naive":
+            raise ValueError("mode naive (the comparison baseline) is not exported")
+        self.model = model
+
+    def conds(self, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list[torch.Tensor]:
+        cfg = self.model.config
+        return [
+            encoding_graph(
+                cfg.encoding, (level_size(hr_size[0], k), level_size(hr_size[1], k)), 2**k, hr_size, lr_size, like
+            )
+            for k in range(1, cfg.levels + 1)
+        ]
+
+    def grid_size(self, hr_size: tuple) -> tuple:
+        levels = self.model.config.levels
+        return level_size(hr_size[0], levels), level_size(hr_size[1], levels)
+
+
+def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
+    rows = resample_matrix_graph(x.shape[-2], size[0], x)
+    cols = resample_matrix_graph(x.shape[-1], size[1], x)
+    return torch.matmul(rows, torch.matmul(x, cols.t()))
+
+
+class DownscaleGraph(_Graph):
+    """(hr, lr_shape) -> lr: `IARN.downscale` of a whole image, geometry computed in the graph."""
+
+    def forward(self, hr: torch.Tensor, lr_shape: torch.Tensor) -> torch.Tensor:
+        hr_size, lr_size = (hr.shape[-2], hr.shape[-1]), (lr_shape.shape[0], lr_shape.shape[1])
+        grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
+        if self.model.config.mode == "split":
+            source = grid[:, :LR_CHANNELS]
+        else:
+            source = haar_inverse_levels(grid, self.model.config.levels, hr_size)
+        lr = _resize(source, lr_size)
+        return torch.round(lr.clamp(0, 1) * 255) / 255
+
+
+class UpscaleGraph(_Graph):
+    """(lr, hr_shape) -> hr: `IARN.upscale` of a whole image with z = 0."""
+
+    def forward(self, lr: torch.Tensor, hr_shape: torch.Tensor) -> torch.Tensor:
+        hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
+        levels = self.model.config.levels
+        if self.model.config.mode == "split":
+            source = _resize(lr, self.grid_size(hr_size))
+            z_channels = 3 * 4**levels - LR_CHANNELS
+            z = torch.zeros_like(source[:, :1]).expand(-1, z_channels, -1, -1)
+            grid = torch.cat([source, z], dim=1)
+        else:
+            grid = haar_forward_levels(_resize(lr, hr_size), levels)
+        hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
+        return hr.clamp(0, 1)
+
+
+def onnx_paths(name: str | os.PathLike) -> tuple[Path, Path]:
+    """NAME-downscale.onnx and NAME-upscale.onnx (a trailing .onnx in NAME is dropped)."""
+    name = str(name)
+    stem = name[: -len(".onnx")] if name.lower().endswith(".onnx") else name
+    return Path(f"{stem}-downscale.onnx"), Path(f"{stem}-upscale.onnx")
+
+
+def export_onnx(model: IARN, downscale_path: str | os.PathLike, upscale_path: str | os.PathLike) -> None:
+    """Write the downscale and upscale graphs of `model` (float32 weights, on the CPU)."""
+    try:
+        import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
+    except ImportError:
+        raise ValueError("ONNX export needs the onnx extra: pip install 'iarn[onnx]'") from None
+    model = _float32_cpu(model)
+    down_example = (torch.rand(1, 3, 67, 93), torch.zeros(29, 41, dtype=torch.uint8))
+    up_example = (torch.rand(1, 3, 29, 41), torch.zeros(67, 93, dtype=torch.uint8))
+    sides = [torch.export.Dim(f"side{k}", min=MIN_SIDE) for k in range(4)]
+    graphs = (
+        (DownscaleGraph(model), down_example, ("hr", "lr_shape"), "lr", downscale_path),
+        (UpscaleGraph(model), up_example, ("lr", "hr_shape"), "hr", upscale_path),
+    )
+    for graph, example, inputs, output, path in graphs:
+        image_dims = {2: sides[0], 3: sides[1]}
+        shape_dims = {0: sides[2], 1: sides[3]}
+        with torch.no_grad(), _quiet_exporter():
+            program = torch.onnx.export(
+                graph.eval(),
+                example,
+                input_names=list(inputs),
+                output_names=[output],
+                dynamic_shapes=(image_dims, shape_dims),
+                opset_version=OPSET,
+                dynamo=True,
+                optimize=True,
+                verbose=False,
+            )
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(Path(path), lambda tmp, program=program: program.save(str(tmp)))
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Without the exporter's notes (missing torchvision ops, deprecations): not ours to act on."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _float32_cpu(model: IARN) -> IARN:
+    copy = IARN(model.config)
+    copy.load_state_dict({k: v.float().cpu() for k, v in model.state_dict().items()})
+    return copy.eval()

@@ -1,0 +1,86 @@
+"""ONNX export: both graphs in onnxruntime against PyTorch, on odd sizes and asymmetric scales."""
+
+import numpy as np
+import pytest
+import torch
+
+import iarn
+from iarn.cli import main
+from iarn.export import export_onnx, onnx_paths
+from iarn.geometry import size_for_scale
+from iarn.model import IARN, ModelConfig
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+# (H, W), scale: odd, prime and even sides; non-integer, asymmetric, identity and extreme factors
+CASES = [((131, 197), (1.7, 3.3)), ((200, 201), 2.5), ((97, 113), (4, 1.5)), ((64, 61), 1.0), ((127, 89), 3.7)]
+
+
+def _image(size, seed=0) -> torch.Tensor:
+    """Smooth structure with texture, (1, 3, H, W) in [0, 1]."""
+    y, x = np.mgrid[0 : size[0], 0 : size[1]]
+    rng = np.random.default_rng(seed)
+    base = np.stack([np.sin(x / 5 + c) * np.cos(y / 7 - c) for c in range(3)]) * 0.35 + 0.5
+    return torch.from_numpy((base + rng.normal(0, 0.03, base.shape)).clip(0, 1)).float()[None]
+
+
+def _sessions(folder, model):
+    down, up = onnx_paths(folder / "model")
+    export_onnx(model, down, up)
+    options = ort.SessionOptions()
+    return tuple(ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for p in (down, up))
+
+
+@pytest.fixture(scope="module")
+def bundled_sessions(tmp_path_factory):
+    return _sessions(tmp_path_factory.mktemp("onnx"), iarn.load("default", device="cpu"))
+
+
+def _compare(model, sessions, size, scale):
+    down, up = sessions
+    hr = _image(size)
+    lr_size = size_for_scale(size, scale)
+    lr_torch = model.downscale(hr, size=lr_size)
+    (lr_onnx,) = down.run(None, {"hr": hr.numpy(), "lr_shape": np.zeros(lr_size, np.uint8)})
+    assert lr_onnx.shape == (1, 3, *lr_size)
+    differ = np.round(lr_onnx * 255) != np.round(lr_torch.numpy() * 255)
+    (hr_onnx,) = up.run(None, {"lr": lr_torch.numpy(), "hr_shape": np.zeros(size, np.uint8)})
+    hr_torch = model.upscale(lr_torch, size=size)
+    assert hr_onnx.shape == (1, 3, *size)
+    return differ.mean(), np.abs(hr_onnx - hr_torch.numpy()).max()
+
+
+@pytest.mark.parametrize("size, scale", CASES, ids=[f"{s[0]}x{s[1]}@{c}" for s, c in CASES])
+def test_bundled_model_graphs_match_pytorch(bundled_sessions, size, scale):
+    model = iarn.load("default", device="cpu")
+    lr_share, hr_error = _compare(model, bundled_sessions, size, scale)
+    assert lr_share < 1e-3  # 8-bit LR values that differ (a rounding tie now and then)
+    assert hr_error < 1 / 255
+
+
+def test_split_mode_and_two_levels_export(tmp_path):
+    torch.manual_seed(0)
+    model = IARN(ModelConfig(mode="split", levels=2, blocks_per_level=1, growth=4)).eval()
+    for parameter in model.parameters():  # not the identity a fresh model is
+        parameter.data.add_(torch.randn_like(parameter) * 0.02)
+    sessions = _sessions(tmp_path, model)
+    for size, scale in CASES[:3]:
+        lr_share, hr_error = _compare(model, sessions, size, scale)
+        assert lr_share < 1e-3 and hr_error < 1 / 255
+
+
+def test_cli_export_writes_both_graphs_and_refuses_to_overwrite(tmp_path, capsys):
+    small = tmp_path / "small.safetensors"
+    iarn.save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    name = tmp_path / "out" / "iarn.onnx"
+    assert main(["export", "--onnx", str(name), "--weights", str(small)]) == 0
+    down, up = onnx_paths(name)
+    assert down.name == "iarn-downscale.onnx" and up.stat().st_size > 10_000 and down.stat().st_size > 10_000
+    assert capsys.readouterr().out.strip().startswith("wrote ")  # the exporter's own chatter is kept quiet
+    assert main(["export", "--onnx", str(name)]) == 1
+    assert "exists" in capsys.readouterr().err
+    naive = tmp_path / "naive.safetensors"
+    iarn.save_weights(IARN(ModelConfig(mode="naive", blocks_per_level=1, growth=4)), naive)
+    assert main(["export", "--onnx", str(tmp_path / "n"), "--weights", str(naive)]) == 1
+    assert "not exported" in capsys.readouterr().err
