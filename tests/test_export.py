@@ -84,3 +84,26 @@ def test_cli_export_writes_both_graphs_and_refuses_to_overwrite(tmp_path, capsys
     iarn.save_weights(IARN(ModelConfig(mode="naive", blocks_per_level=1, growth=4)), naive)
     assert main(["export", "--onnx", str(tmp_path / "n"), "--weights", str(naive)]) == 1
     assert "not exported" in capsys.readouterr().err
+
+
+def test_readme_onnx_example_runs_without_iarn(tmp_path):
+    """The README's onnxruntime example, verbatim, in a process that cannot import iarn."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("## ONNX") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    small = tmp_path / "small.safetensors"
+    iarn.save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    assert main(["export", "--onnx", str(tmp_path / "iarn"), "--weights", str(small)]) == 0
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8)).save(tmp_path / "photo.png")
+    blocker = "import sys\nsys.modules['iarn'] = None\n"  # `import iarn` would now fail
+    subprocess.run([sys.executable, "-c", blocker + code], cwd=tmp_path, check=True, timeout=120)
+    with Image.open(tmp_path / "lr.png") as lr, Image.open(tmp_path / "restored.png") as restored:
+        assert lr.size == (48, 33) and restored.size == (130, 90)
