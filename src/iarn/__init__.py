@@ -47,4 +47,9 @@ if TYPE_CHECKING:
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name], __name__), name)
+    if not name.startswith("_"):  # a submodule, as `iarn.weights` after `import iarn`
+        try:
+            return import_module(f".{name}", __name__)
+        except ModuleNotFoundError:
+            pass
     raise AttributeError(f"module 'iarn' has no attribute {name!r}")
