@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-from .files import IMAGE_SUFFIXES, PNG_LEVEL
+from .files import IMAGE_SUFFIXES, PNG_LEVEL, PNG_LEVEL_RESTORED
 
 SAMPLE_IMAGE = "kodim23.png"
 
@@ -105,12 +105,12 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
 
-def _png_level(parser: argparse.ArgumentParser) -> None:
+def _png_level(parser: argparse.ArgumentParser, default: int) -> None:
     parser.add_argument(
         "--png-level",
         type=int,
         choices=range(10),
-        default=PNG_LEVEL,
+        default=default,
         metavar="0-9",
         help="zlib level of PNG outputs: higher is smaller and slower (default %(default)s)",
     )
@@ -132,7 +132,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     down.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    _png_level(down)
+    _png_level(down, PNG_LEVEL)
     _common(down)
 
     up = commands.add_parser("upscale", help="LR PNGs made by iarn -> restored HR images")
@@ -142,7 +142,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     up.add_argument("--ext", default="png", choices=["png", "webp", "jpg", "tif"], help="output format (default png)")
     up.add_argument("--seed", type=int, help="sample z with this seed (split-mode models) instead of z = 0")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    _png_level(up)
+    _png_level(up, PNG_LEVEL_RESTORED)
     _common(up)
 
     trip = commands.add_parser("roundtrip", help="down- and upscale in memory; print PSNR-Y against bicubic")
