@@ -66,7 +66,7 @@ class TrainConfig:
     steps: int = 20000
     batch_size: int = 16
     crop: int = 144
-    lr: float = 2e-4  # the learning rate (Adam)
+    lr: float = 5e-4  # the learning rate (Adam); 2e-4 before the ablation (docs/ablation.md)
     schedule: str = "cosine"  # cosine | step (halve at 50, 75, 90 %)
     warmup: int = 100
     grad_clip: float = 10.0
