@@ -2,6 +2,7 @@
 
     python benchmarks/ablation.py --out runs/ablation --workers 2          # run every arm
     python benchmarks/ablation.py --out runs/ablation --report docs/x.md   # table of what finished
+    python benchmarks/ablation.py --out runs/gpu --arms baseline naive-x2 --steps 6000 --device cuda --workers 2
 
 Every arm trains the small configuration (4 blocks, growth 16) with the same data, seed, batch,
 crop and number of steps, differing only in its own flags, then runs `iarn evaluate` on Set5 and
@@ -22,7 +23,7 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SCALES, ASYMMETRIC = "1.5,2,3,4", "1.5x4"
+SCALES = ["1.5", "2", "3", "4", "1.5,4"]
 LABELS = ("x1.5", "x2", "x3", "x4", "(1.5, 4)")
 COMMON = ["--blocks-per-level", "4", "--growth", "16", "--batch-size", "8", "--crop", "64", "--seed", "0"]
 
@@ -46,20 +47,22 @@ ARMS: dict[str, list[str]] = {
 }
 
 
-def run_arm(name: str, out: Path, data: Path, benchmark: Path, steps: int, threads: int) -> None:
+def run_arm(name: str, args) -> None:
+    out, steps, threads = args.out, args.steps, args.threads
     run = out / name
     result = run / "evaluation.json"
     if result.exists():
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     python = [sys.executable, "-m", "iarn"]
-    train = python + ["train", "--data", str(data), "--out", str(run), "--steps", str(steps), *COMMON, *ARMS[name]]
+    train = python + ["train", "--data", str(args.data), "--out", str(run), "--steps", str(steps), *COMMON, *ARMS[name]]
     train += ["--threads", str(threads), "--resume", "auto", "--no-progress", "--log-every", "50"]
+    train += ["--device", args.device] + (["--max-minutes", str(args.max_minutes)] if args.max_minutes else [])
     started = time.perf_counter()
     subprocess.run(train, env=env, check=True, stdout=subprocess.DEVNULL)
     minutes = (time.perf_counter() - started) / 60
-    sets = [str(benchmark / "Set5"), str(benchmark / "Set14")]
-    evaluate = python + ["evaluate", "--data", *sets, "--scales", SCALES, "--asym", ASYMMETRIC]
+    sets = [str(args.benchmark / "Set5"), str(args.benchmark / "Set14")]
+    evaluate = python + ["evaluate", "--data", *sets, "--scales", *SCALES, "--device", args.device]
     evaluate += ["--weights", str(run / "model.safetensors"), "--json", str(run / ".evaluation.json")]
     subprocess.run(evaluate, env=env, check=True, stdout=subprocess.DEVNULL)
     results = json.loads((run / ".evaluation.json").read_text())
@@ -69,7 +72,7 @@ def run_arm(name: str, out: Path, data: Path, benchmark: Path, steps: int, threa
 
 
 def worker(args) -> None:
-    for name in ARMS:
+    for name in args.arms:
         claim = args.out / name / ".claimed"
         try:
             claim.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +80,7 @@ def worker(args) -> None:
         except FileExistsError:
             continue
         print(f"arm {name}: started {time.strftime('%H:%M:%S')}", flush=True)
-        run_arm(name, args.out, args.data, args.benchmark, args.steps, args.threads)
+        run_arm(name, args)
         print(f"arm {name}: done {time.strftime('%H:%M:%S')}", flush=True)
 
 
@@ -119,6 +122,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--workers", type=int, default=1, help="processes, one arm at a time each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="default: all")
+    parser.add_argument("--device", default="cpu", help="for training and evaluation (default cpu: the proxy)")
+    parser.add_argument("--max-minutes", type=float, help="cut each arm's training here (it resumes on a rerun)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--report", nargs="?", const="-", metavar="FILE", help="write the table (- prints it)")
     args = parser.parse_args()
@@ -138,6 +144,8 @@ def main() -> None:
         return
     command = [sys.executable, __file__, "--worker", "--out", str(args.out), "--data", str(args.data)]
     command += ["--benchmark", str(args.benchmark), "--steps", str(args.steps), "--threads", str(args.threads)]
+    command += ["--device", args.device, "--arms", *args.arms]
+    command += ["--max-minutes", str(args.max_minutes)] if args.max_minutes else []
     processes = [subprocess.Popen(command) for _ in range(args.workers)]
     sys.exit(max(p.wait() for p in processes))
 

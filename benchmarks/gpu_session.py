@@ -6,24 +6,27 @@ Here, once (copies what the GPU needs into `device/`, which git ignores; 64 MiB 
 
 On the device machine (`run` with carry ["device"], timeout_s 600):
 
-    PYTHONUNBUFFERED=1 python benchmarks/gpu_session.py --out $OUT
+    PYTHONUNBUFFERED=1 python benchmarks/gpu_session.py --out $OUT [--phases infer profile gate ablation]
 
 and on this CPU, the same path at tiny sizes in about a minute (tests/test_benchmarks.py runs it):
 
     python benchmarks/gpu_session.py --smoke --out /tmp/session
 
-Phases, each a subprocess with its own time limit, so one failure loses nothing else:
+Phases (`--phases`, in this order; default: all but `ablation`), each a subprocess with its own
+time limit, so one failure loses nothing else:
 
-1. `throughput`: benchmarks/train_throughput.py for the model being trained (eager, batch 16
-   and 32 of 144 px), which picks the batch of phase 5 (throughput.md);
-2. `infer`: benchmarks/infer.py at 8.3 MP (4K), default-size model, eager variants (infer.md);
-3. `profile`: the heaviest operators of one 8.3 MP down- and upscale, untiled bf16 (profile.md);
-4. `quality gate`: benchmarks/quality_gate.py on Set5, bf16 and fp16 against fp32 (infer.md);
-5. `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
-   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
-   eager again if compiling fails (train_log.jsonl, model.safetensors);
-6. `infer compiled`: the compiled untiled bf16 variant at 8.3 MP, with what is left (infer.md);
-7. `evaluate`: `iarn evaluate` of the trained model on Set5 (evaluate.json).
+- `throughput`: benchmarks/train_throughput.py for the model being trained (eager, batch 16
+  and 32 of 144 px), which picks the batch of `train` (throughput.md);
+- `infer`: benchmarks/infer.py at 8.3 MP (4K), default-size model, eager variants (infer.md);
+- `profile`: the heaviest operators of one 8.3 MP down- and upscale (profile.md);
+- `gate`: benchmarks/quality_gate.py on Set5, the fast variants against fp32 (infer.md);
+- `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
+  `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
+  eager again if compiling fails (train_log.jsonl, model.safetensors);
+- `infer-compiled`: the compiled untiled bf16 variant at 8.3 MP, with what is left (infer.md);
+- `evaluate`: `iarn evaluate` of the trained model on Set5 (evaluate.json);
+- `ablation`: benchmarks/ablation.py arms `ABLATION_ARMS` side by side on the GPU for
+  `--ablation-steps` steps each, evaluated on Set5 and Set14 (ablation.md).
 
 At most 7 files go into `--out`, among them session.md: the settings, each phase's time and exit
 status, and its printed output.
@@ -54,6 +57,20 @@ BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
 TRAIN_RECIPE = ["--lr", "5e-4", "--scale-power", "-1"]
 RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
 BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's
+PHASES = ("throughput", "infer", "profile", "gate", "train", "infer-compiled", "evaluate", "ablation")
+# the open design question of docs/ablation.md: does the naive x2 baseline's lead survive a longer budget?
+ABLATION_ARMS = ["baseline", "naive-x2"]
+# fast inference variants measured against the plain bf16 path and the fp32 tiles
+INFER_VARIANTS = [
+    "fp32",
+    "untiled+bf16+unaligned",
+    "untiled+bf16",
+    "untiled+bf16+cudnn_benchmark",
+    "untiled+bf16+channels_last",
+    "untiled+bf16+channels_last+cudnn_benchmark",
+    "untiled+fp16+channels_last",
+]
+GATE_VARIANTS = ["bf16", "bf16+channels_last", "fp16+channels_last"]
 
 
 def prepare(budget_mb: float) -> None:
@@ -69,10 +86,11 @@ def prepare(budget_mb: float) -> None:
             break
         shutil.copy2(path, target / path.name)
         used += path.stat().st_size
-    shutil.copytree(SHARED / "data" / "benchmark" / "Set5", DEVICE / "data" / "Set5")
+    for name in ("Set5", "Set14"):
+        shutil.copytree(SHARED / "data" / "benchmark" / name, DEVICE / "data" / "benchmark" / name)
     total = sum(p.stat().st_size for p in DEVICE.rglob("*") if p.is_file())
     count = len(list(target.iterdir()))
-    print(f"device/: {count} training images and Set5; {total / 1e6:.1f} MB")
+    print(f"device/: {count} training images, Set5 and Set14; {total / 1e6:.1f} MB")
 
 
 class Session:
@@ -127,12 +145,14 @@ def main() -> None:
     parser.add_argument("--prepare", action="store_true", help="fill device/ from ../shared, then stop")
     parser.add_argument("--prepare-mb", type=float, default=52.0, help="MB of training images to carry")
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes")
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=[p for p in PHASES if p != "ablation"])
     parser.add_argument(
         "--budget-minutes", type=float, help="the whole session's wall time (default 9; 20 with --smoke, for busy CPUs)"
     )
     parser.add_argument("--data", type=Path, default=DEVICE / "data" / "train")
-    parser.add_argument("--set5", type=Path, default=DEVICE / "data" / "Set5")
+    parser.add_argument("--benchmark", type=Path, default=DEVICE / "data" / "benchmark", help="holds Set5, Set14")
     parser.add_argument("--init-from", type=Path, default=BUNDLED, help="weights to train on (default: bundled)")
+    parser.add_argument("--ablation-steps", type=int, default=5000)
     args = parser.parse_args()
     if args.prepare:
         prepare(args.prepare_mb)
@@ -140,97 +160,131 @@ def main() -> None:
     if args.out is None:
         parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
-    python = sys.executable
     session = Session(args.out, 60 * (args.budget_minutes or (20.0 if args.smoke else 9.0)))
     scratch = Path(tempfile.mkdtemp(prefix="iarn-session-"))
-    model = load_config(args.init_from)
-    model_flags = ["--blocks-per-level", str(model["blocks_per_level"]), "--growth", str(model["growth"])]
-    if args.smoke:
-        device, batch, big_batch, crop = "cpu", 2, 4, "32"
-        timing = ["--warmup", "1", "--steps", "2", "--windows", "1"]
-        infer = ["--megapixels", "0.02", "--repeats", "1"]
-        variants = ["fp32", "untiled+bf16"]
-        gate = ["--variants", "bf16"]
-        args.data = synthetic_images(scratch / "train", 4, 96)
-        args.set5 = synthetic_images(scratch / "set5", 2, 64)
-        train_minutes = 0.3  # the fitted schedule's probe needs 50 steps
-    else:
-        device, batch, big_batch, crop = "cuda", 16, 32, "144"
-        timing = ["--warmup", "3", "--steps", "10", "--windows", "2"]
-        infer = ["--megapixels", "8.3", "--repeats", "5"]
-        variants = ["fp32", "bf16", "untiled+bf16", "untiled+bf16+channels_last", "untiled+fp16"]
-        gate = ["--variants", "bf16", "fp16"]
-        train_minutes = None  # what is left but RESERVE_S
-    session.report += [f"device {device}; data {args.data} ({len(list(args.data.iterdir()))} files)", ""]
-    bench = ROOT / "benchmarks"
-
-    # 1. the training step of the model to train: batch 16 against 32 (synthetic images: speed only)
-    sizes = ["--batch-size", str(batch), "--big-batch", str(big_batch), "--crop", crop]
-    table = session.phase(
-        "throughput",
-        [python, str(bench / "train_throughput.py"), "--device", device, *model_flags, *sizes, *timing]
-        + ["--levers", "device-crops", "batch"],
-        limit_s=60,
-        output=args.out / "throughput.md",
-    )
-    batch = chosen_batch(table, batch, big_batch)
-
-    # 2-4. inference at 4K (default-size model), its profile, the quality gate (bundled model)
-    text = session.phase(
-        "infer",
-        [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer, "--variants", *variants],
-        limit_s=75,
-    )
-    session.phase(
-        "profile",
-        [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer[:2]]
-        + ["--profile", "untiled+bf16", "--profile-rows", "25"],
-        limit_s=40,
-        output=args.out / "profile.md",
-    )
-    text += session.phase(
-        "quality gate",
-        [python, str(bench / "quality_gate.py"), "--device", device, "--data", str(args.set5), *gate],
-        limit_s=40,
-    )
-    (args.out / "infer.md").write_text(text)
-
-    # 5. training, compiled, its schedule fitted to the time left
-    run = scratch / "run"
-    minutes = train_minutes or max(0.3, (session.left() - RESERVE_S) / 60)
-    train = [python, "-m", "iarn", "train", "--data", str(args.data), "--out", str(run), "--device", device]
-    train += ["--init-from", str(args.init_from), *TRAIN_RECIPE, "--crop", crop, "--batch-size", str(batch)]
-    train += ["--steps", "1000000", "--fit-steps", "--checkpoint-every", "100000", "--log-every", "100"]
-    train += ["--no-progress"]
-    session.report += [f"batch {batch}; training {minutes:.1f} min: {' '.join(train)}", ""]
-    compiled = [] if args.smoke else ["--compile"]  # compiling on the CPU would take most of a smoke run
-    session.phase("train", [*train, *compiled, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 45)
-    if not (run / "model.safetensors").exists():
-        minutes = min(minutes, (session.left() - RESERVE_S) / 60)
-        if minutes > 0.25:
-            shutil.rmtree(run, ignore_errors=True)
-            session.phase("train eager", [*train, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 30)
-    for name, target in (("log.jsonl", "train_log.jsonl"), ("model.safetensors", "model.safetensors")):
-        if (run / name).exists():
-            shutil.copy2(run / name, args.out / target)
-
-    # 6. compiled inference with what is left, less the evaluation
-    if not args.smoke and session.left() > 40:
-        text += session.phase(
-            "infer compiled",
-            [python, str(bench / "infer.py"), "--device", device, "--weights", "random", *infer[:2]]
-            + ["--repeats", "3", "--variants", "untiled+bf16", "untiled+bf16+compile"],
-            limit_s=session.left() - 20,
-        )
-        (args.out / "infer.md").write_text(text)
-
-    # 7. evaluation on Set5
-    if (args.out / "model.safetensors").exists():
-        evaluate = [python, "-m", "iarn", "evaluate", "--data", str(args.set5), "--device", device]
-        evaluate += ["--weights", str(args.out / "model.safetensors"), "--json", str(args.out / "evaluate.json")]
-        session.phase("evaluate", evaluate, limit_s=session.left())
+    plan = Plan(args, scratch)
+    session.report += [f"device {plan.device}; data {args.data} ({len(list(args.data.iterdir()))} files)", ""]
+    for name in PHASES:
+        if name in args.phases:
+            getattr(plan, name.replace("-", "_"))(session)
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"session report: {args.out / 'session.md'}")
+
+
+class Plan:
+    """The phases, with the sizes of a GPU session or of a CPU smoke run."""
+
+    def __init__(self, args, scratch: Path) -> None:
+        self.args, self.out, self.scratch, self.python = args, args.out, scratch, sys.executable
+        self.bench = ROOT / "benchmarks"
+        model = load_config(args.init_from)
+        self.model_flags = ["--blocks-per-level", str(model["blocks_per_level"]), "--growth", str(model["growth"])]
+        self.infer_text = ""
+        if args.smoke:
+            self.device, self.batch, self.big_batch, self.crop = "cpu", 2, 4, "32"
+            self.timing = ["--warmup", "1", "--steps", "2", "--windows", "1"]
+            self.infer_size = ["--megapixels", "0.02", "--repeats", "1"]
+            self.variants = ["fp32", "untiled+bf16", "untiled+bf16+channels_last+unaligned"]
+            self.gate_flags = ["--variants", "bf16+channels_last"]
+            args.data = synthetic_images(scratch / "train", 4, 96)
+            for name in ("Set5", "Set14"):
+                synthetic_images(scratch / "benchmark" / name, 2, 64)
+            args.benchmark = scratch / "benchmark"
+            self.train_minutes: float | None = 0.3  # the fitted schedule's probe needs 50 steps
+            args.ablation_steps = min(args.ablation_steps, 4)
+        else:
+            self.device, self.batch, self.big_batch, self.crop = "cuda", 16, 32, "144"
+            self.timing = ["--warmup", "3", "--steps", "10", "--windows", "2"]
+            self.infer_size = ["--megapixels", "8.3", "--repeats", "5"]
+            self.variants = INFER_VARIANTS
+            self.gate_flags = ["--variants", *GATE_VARIANTS]
+            self.train_minutes = None  # what is left but RESERVE_S
+        self.set5 = args.benchmark / "Set5"
+        self.run = scratch / "run"
+
+    def throughput(self, session: Session) -> None:
+        """The training step of the model to train: batch 16 against 32 (synthetic images: speed only)."""
+        sizes = ["--batch-size", str(self.batch), "--big-batch", str(self.big_batch), "--crop", self.crop]
+        table = session.phase(
+            "throughput",
+            [self.python, str(self.bench / "train_throughput.py"), "--device", self.device, *self.model_flags]
+            + [*sizes, *self.timing, "--levers", "device-crops", "batch"],
+            limit_s=60,
+            output=self.out / "throughput.md",
+        )
+        self.batch = chosen_batch(table, self.batch, self.big_batch)
+
+    def _infer_command(self) -> list[str]:
+        return [self.python, str(self.bench / "infer.py"), "--device", self.device, "--weights", "random"]
+
+    def infer(self, session: Session) -> None:
+        """Inference at 4K (default-size model)."""
+        command = [*self._infer_command(), *self.infer_size, "--variants", *self.variants]
+        self.infer_text += session.phase("infer", command, limit_s=100)
+        (self.out / "infer.md").write_text(self.infer_text)
+
+    def profile(self, session: Session) -> None:
+        variant = "untiled+bf16+channels_last"
+        command = [*self._infer_command(), *self.infer_size[:2], "--profile", variant, "--profile-rows", "25"]
+        session.phase("profile", command, limit_s=40, output=self.out / "profile.md")
+
+    def gate(self, session: Session) -> None:
+        """The quality gate (bundled model) of the fast variants."""
+        command = [self.python, str(self.bench / "quality_gate.py"), "--device", self.device]
+        self.infer_text += session.phase("gate", [*command, "--data", str(self.set5), *self.gate_flags], limit_s=60)
+        (self.out / "infer.md").write_text(self.infer_text)
+
+    def train(self, session: Session) -> None:
+        """Training of the given weights, compiled, its schedule fitted to the time left."""
+        args, run = self.args, self.run
+        minutes = self.train_minutes or max(0.3, (session.left() - RESERVE_S) / 60)
+        train = [self.python, "-m", "iarn", "train", "--data", str(args.data), "--out", str(run)]
+        train += ["--device", self.device, "--init-from", str(args.init_from), *TRAIN_RECIPE, "--crop", self.crop]
+        train += ["--batch-size", str(self.batch), "--steps", "1000000", "--fit-steps"]
+        train += ["--checkpoint-every", "100000", "--log-every", "100", "--no-progress"]
+        session.report += [f"batch {self.batch}; training {minutes:.1f} min: {' '.join(train)}", ""]
+        compiled = [] if args.smoke else ["--compile"]  # compiling on the CPU would take most of a smoke run
+        session.phase("train", [*train, *compiled, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 45)
+        if not (run / "model.safetensors").exists():
+            minutes = min(minutes, (session.left() - RESERVE_S) / 60)
+            if minutes > 0.25:
+                shutil.rmtree(run, ignore_errors=True)
+                session.phase("train eager", [*train, "--max-minutes", f"{minutes:.2f}"], limit_s=60 * minutes + 30)
+        for name, target in (("log.jsonl", "train_log.jsonl"), ("model.safetensors", "model.safetensors")):
+            if (run / name).exists():
+                shutil.copy2(run / name, self.out / target)
+
+    def infer_compiled(self, session: Session) -> None:
+        """Compiled inference with what is left, less the evaluation."""
+        if self.args.smoke or session.left() <= 40:
+            return
+        command = [*self._infer_command(), *self.infer_size[:2], "--repeats", "3"]
+        command += ["--variants", "untiled+bf16", "untiled+bf16+compile"]
+        self.infer_text += session.phase("infer compiled", command, limit_s=session.left() - 20)
+        (self.out / "infer.md").write_text(self.infer_text)
+
+    def evaluate(self, session: Session) -> None:
+        """The trained model on Set5."""
+        if not (self.out / "model.safetensors").exists():
+            return
+        evaluate = [self.python, "-m", "iarn", "evaluate", "--data", str(self.set5), "--device", self.device]
+        evaluate += ["--weights", str(self.out / "model.safetensors"), "--json", str(self.out / "evaluate.json")]
+        session.phase("evaluate", evaluate, limit_s=session.left())
+
+    def ablation(self, session: Session) -> None:
+        """Arms of benchmarks/ablation.py side by side on this device, then their table."""
+        args, runs = self.args, self.scratch / "ablation"
+        command = [self.python, str(self.bench / "ablation.py"), "--out", str(runs), "--data", str(args.data)]
+        command += ["--benchmark", str(args.benchmark), "--steps", str(args.ablation_steps), "--device", self.device]
+        command += ["--workers", str(len(ABLATION_ARMS)), "--threads", "2", "--arms", *ABLATION_ARMS]
+        minutes = (session.left() - 90) / 60  # training stops in time for the evaluations
+        command += ["--max-minutes", f"{max(0.5, minutes):.2f}"]
+        session.phase("ablation", command, limit_s=session.left() - 15)
+        report = [self.python, str(self.bench / "ablation.py"), "--out", str(runs), "--report", "-"]
+        session.phase("ablation report", report, limit_s=15, output=self.out / "ablation.md")
+        for arm in ABLATION_ARMS:
+            if (runs / arm / "log.jsonl").exists():
+                shutil.copy2(runs / arm / "log.jsonl", self.out / f"ablation_{arm}_log.jsonl")
 
 
 def load_config(weights: Path) -> dict:

@@ -12,9 +12,11 @@ median seconds, HR MP/s, speed-up against the first variant and ratio to Pillow'
 of the same image in the same round. A variant joins options with `+`:
 
     fp32, bf16, fp16     dtype of the subnets' weights (images and the invertible arithmetic stay fp32)
-    tile-N               force tiles with N-pixel cores (default: untiled up to 2 MP, 512 above)
+    tile-N               force tiles with N-pixel cores (default: the runner's policy)
     untiled              never tile
-    channels_last        model and input in channels-last memory format
+    channels_last, nchw  the subnets' memory format (default: the runner's, devices.py)
+    unaligned            no channel padding in the subnets (DenseBlock.channel_align = 1)
+    cudnn_benchmark      let cuDNN time its algorithms per shape (first call per shape is slow)
     compile              torch.compile the subnets (slow first call: compile time is reported)
     onnxruntime          the exported ONNX graphs (`iarn export`) in onnxruntime, fp32, whole images
 
@@ -44,11 +46,12 @@ import torch
 from PIL import Image
 
 import iarn
-from iarn import IARN, ModelConfig
+from iarn import IARN, ModelConfig, Rescaler
 from iarn.api import downscale_picture, upscale_picture
 from iarn.devices import PRECISIONS
 from iarn.geometry import size_for_scale
 from iarn.imageio import Picture
+from iarn.weights import load_weights, resolve_weights
 
 
 class OnnxModel:
@@ -82,27 +85,35 @@ class OnnxModel:
         return Picture(rgb=self._to_uint8(hr))
 
 
-def build_model(weights: str, variant: str, device: str) -> tuple[IARN | OnnxModel, int | None]:
+def build_model(weights: str, variant: str, device: str) -> tuple[Rescaler | OnnxModel, int | None]:
     """The model for a variant, and the tile argument it implies."""
     if weights == "random":
         torch.manual_seed(0)
-        model = IARN(ModelConfig()).to(device).eval()  # speed does not depend on the weights' values
+        network = IARN(ModelConfig())  # speed does not depend on the weights' values
     else:
-        model = iarn.load(weights, device=device)
+        network = load_weights(resolve_weights(weights))
+    options = variant.split("+")
+    if options == ["onnxruntime"]:
+        return OnnxModel(network, device), None
+    model = Rescaler(network, device, next((o for o in options if o in PRECISIONS), "fp32"))
     tile: int | None = None
-    if variant == "onnxruntime":
-        return OnnxModel(model, device), None
-    for option in variant.split("+"):
-        if option in PRECISIONS:
-            model = model.to(PRECISIONS[option])
-        elif option.startswith("tile-"):
+    for option in options:
+        if option in PRECISIONS or option == "cudnn_benchmark":  # cuDNN's flag: see `cudnn_flags`
+            continue
+        if option.startswith("tile-"):
             tile = int(option.removeprefix("tile-"))
         elif option == "untiled":
-            tile = 1 << 30
-        elif option == "channels_last":
-            model = model.to(memory_format=torch.channels_last)
+            tile = None
+            model.whole_image = lambda hr_size, tile: True
+        elif option in ("channels_last", "nchw"):
+            layout = torch.channels_last if option == "channels_last" else torch.contiguous_format
+            model.network.to(memory_format=layout)
+        elif option == "unaligned":
+            for module in model.network.modules():
+                if hasattr(module, "channel_align"):
+                    module.channel_align = 1
         elif option == "compile":
-            for module in model.modules():
+            for module in model.network.modules():
                 if type(module).__name__ == "DenseBlock":
                     module.forward = torch.compile(module.forward, dynamic=True)
         else:
@@ -135,18 +146,18 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - start
 
 
-def memory_format_of(model: IARN) -> torch.memory_format:
-    weight = next(model.parameters())
-    return torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+def cudnn_flags(variant: str):
+    """cuDNN's flags for a variant's calls: benchmark mode only where the variant asks."""
+    return torch.backends.cudnn.flags(enabled=True, benchmark="cudnn_benchmark" in variant.split("+"))
 
 
-def run_downscale(model: IARN | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+def run_downscale(model: Rescaler | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
     if isinstance(model, OnnxModel):
         return model.downscale(picture, size)
     return downscale_picture(model, picture, size=size, tile=tile)
 
 
-def run_upscale(model: IARN | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
+def run_upscale(model: Rescaler | OnnxModel, tile: int | None, picture: Picture, size: tuple[int, int]) -> Picture:
     if isinstance(model, OnnxModel):
         return model.upscale(picture, size)
     return upscale_picture(model, picture, size, tile=tile)
@@ -186,18 +197,21 @@ def speed(args) -> None:
             for variant, (model, tile) in models.items():  # warm-up; compile happens here
                 if args.device.startswith("cuda"):
                     torch.cuda.reset_peak_memory_stats()
-                first[variant] = timed(partial(ours, model, tile), args.device)
+                with cudnn_flags(variant):
+                    first[variant] = timed(partial(ours, model, tile), args.device)
                 if args.device.startswith("cuda"):
                     peaks[variant] = torch.cuda.max_memory_allocated() / 2**20
             for _ in range(args.repeats):
                 pillow_times.append(timed(pillow, "cpu"))
                 for variant, (model, tile) in models.items():
-                    times[variant].append(timed(partial(ours, model, tile), args.device))
+                    with cudnn_flags(variant):
+                        times[variant].append(timed(partial(ours, model, tile), args.device))
             base = statistics.median(times[args.variants[0]])
             reference = statistics.median(pillow_times)
             for variant in args.variants:
                 median = statistics.median(times[variant])
-                note = f" (first call {first[variant]:.1f} s)" if "compile" in variant else ""
+                slow_first = "compile" in variant or "cudnn_benchmark" in variant
+                note = f" (first call {first[variant]:.1f} s)" if slow_first else ""
                 peak = f"{peaks[variant]:.0f}" if variant in peaks else "-"
                 print(
                     f"| {hr_size[1]}x{hr_size[0]} ({mp:g} MP) | {op} | {variant}{note} | {median:.3f} "

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from iarn import IARN, ModelConfig, save_weights
+from iarn import IARN, ModelConfig, Rescaler, save_weights
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BENCHMARK = SHARED / "data" / "benchmark"
@@ -23,16 +23,22 @@ def randomize(model: IARN, std: float = 0.05, seed: int = 0) -> IARN:
     return model.eval()
 
 
-def small_model(**overrides) -> IARN:
+def small_network(**overrides) -> IARN:
+    """A small IARN (2 blocks, growth 8; `overrides` are ModelConfig fields), random weights."""
     config = ModelConfig(**{"blocks_per_level": 2, "growth": 8, **overrides})
     torch.manual_seed(0)
     return randomize(IARN(config))
 
 
+def small_model(**overrides) -> Rescaler:
+    """`small_network` ready for inference on the CPU in fp32."""
+    return Rescaler(small_network(**overrides), device="cpu")
+
+
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "small.safetensors"
-    save_weights(small_model(), path)
+    save_weights(small_network(), path)
     return path
 
 

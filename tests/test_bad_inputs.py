@@ -282,23 +282,25 @@ CASES = [
     ),
     Case("bad config file", {"c.json": b"{not json"}, ["train", "--config", "c.json", "--out", "r"], "not valid JSON"),
     # evaluation
-    Case("no scales", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales", "", "--asym", ""], "no scales"),
+    Case("no scales", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales"], "expected at least one", code=2),
+    Case("old scale list", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales", "1.5,2,4"], "SH,SW", code=2),
+    Case("scale below 1", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--bicubic-only", "--scales", ".5"], "at least 1"),
     Case(
         "images too small",
         {"s/a.png": _png((12, 12))},
-        ["evaluate", "--data", "s", "--scales", "4", "--asym", ""],
+        ["evaluate", "--data", "s", "--scales", "4"],
         "no image is large enough",
     ),
     Case(
         "json into a missing folder",
         {"s/a.png": PNG},
-        ["evaluate", "--data", "s", "--scales", "2", "--asym", "", "--json", "no/r.json"],
+        ["evaluate", "--data", "s", "--scales", "2", "--json", "no/r.json"],
         "folder does not exist",
     ),
     Case(
         "scale beyond the model",
         {"s/a.png": PNG},
-        ["evaluate", "--data", "s", "--scales", "5", "--asym", ""],
+        ["evaluate", "--data", "s", "--scales", "5"],
         "out of range",
     ),
     # usage

@@ -2,7 +2,7 @@
 
 import pytest
 
-from iarn.evaluate import DEFAULT_ASYMMETRIC, evaluate, markdown_table, parse_scales, scale_label
+from iarn.evaluate import PROTOCOL_SCALES, evaluate, markdown_table, scale_label
 
 from .conftest import BENCHMARK
 
@@ -11,7 +11,7 @@ REFERENCE = {
     "Set5": [36.84, 33.68, 31.80, 30.41, 29.33, 28.43, 30.05, 30.91, 31.75, 30.33],
     "Set14": [33.13, 30.35, 28.78, 27.64, 26.77, 26.09, 27.93, 28.58, 29.17, 27.45],
 }
-SCALES = parse_scales("1.5,2,2.5,3,3.5,4") + list(DEFAULT_ASYMMETRIC)
+SCALES = list(PROTOCOL_SCALES)
 
 
 @pytest.mark.skipif(not (BENCHMARK / "Set5").is_dir(), reason="../shared/data/benchmark not present")
@@ -24,12 +24,3 @@ def test_bicubic_row_reproduces_reference(dataset):
         assert 33.66 <= round(results["x2"]["bicubic"]["psnr_y"], 2) <= 33.68
         assert 28.42 <= round(results["x4"]["bicubic"]["psnr_y"], 2) <= 28.43
     assert "| bicubic |" in markdown_table({dataset: results})
-
-
-def test_parse_scales():
-    assert parse_scales("1.5, 2") == [(1.5, 1.5), (2.0, 2.0)]
-    assert parse_scales("1.5x4,4X2", asymmetric=True) == [(1.5, 4.0), (4.0, 2.0)]
-    with pytest.raises(ValueError, match="malformed"):
-        parse_scales("2x", asymmetric=True)
-    with pytest.raises(ValueError):
-        parse_scales("0.5")

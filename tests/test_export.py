@@ -65,8 +65,9 @@ def test_split_mode_and_two_levels_export(tmp_path):
     for parameter in model.parameters():  # not the identity a fresh model is
         parameter.data.add_(torch.randn_like(parameter) * 0.02)
     sessions = _sessions(tmp_path, model)
+    runner = iarn.Rescaler(model, device="cpu")
     for size, scale in CASES[:3]:
-        lr_share, hr_error = _compare(model, sessions, size, scale)
+        lr_share, hr_error = _compare(runner, sessions, size, scale)
         assert lr_share < 1e-3 and hr_error < 1 / 255
 
 

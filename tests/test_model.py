@@ -4,12 +4,12 @@ import random
 import pytest
 import torch
 
-from iarn import IARN, ModelConfig
+from iarn import IARN, ModelConfig, Rescaler
 from iarn.geometry import size_for_scale, target_size
 from iarn.model import quantize_8bit
 from iarn.model.coupling import CouplingBlock
 
-from .conftest import randomize, small_model
+from .conftest import randomize, small_model, small_network
 
 VARIANTS = [
     {"mode": "cycle"},
@@ -40,7 +40,7 @@ def test_fresh_blocks_are_identity():
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
 def test_core_inverts_on_random_sizes_and_scales(variant):
-    model = small_model(**variant)
+    model = small_network(**variant)
     rng = random.Random(1)
     for _ in range(12):
         hr, lr = _random_geometry(rng)
@@ -51,7 +51,7 @@ def test_core_inverts_on_random_sizes_and_scales(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
 def test_forward_inverse_backward_finite_and_every_parameter_learns(variant):
-    model = small_model(**variant).train()
+    model = small_network(**variant).train()
     hr = torch.rand(2, 3, 24, 20)
     lr_size = (9, 13)
     lr, aux = model.down_region(hr, (24, 20), lr_size)
@@ -181,20 +181,27 @@ def test_core_round_trip_under_bf16_autocast(levels):
     assert (restored - x).abs().mean() < 1e-4
 
 
+@pytest.mark.parametrize("layout", ["aligned", "unaligned", "channels_last"])
 @pytest.mark.parametrize("variant", VARIANTS[:2] + VARIANTS[4:5], ids=lambda v: "-".join(map(str, v.values())))
-def test_inference_path_of_the_subnets_matches_the_autograd_path(variant):
-    """Without autograd, dense blocks append to one buffer instead of concatenating."""
-    model = small_model(**variant)
+def test_inference_path_of_the_subnets_matches_the_autograd_path(variant, layout):
+    """Without autograd, dense blocks append to one buffer instead of concatenating, with
+    channel counts padded (aligned, the default) or not, in either memory layout."""
+    model = small_network(**variant)
     x = torch.rand(2, 3, 21, 18)
     with_grad = model.encode(x, (21, 18), (8, 7))
     assert with_grad.requires_grad
+    for module in model.modules():
+        if hasattr(module, "channel_align") and layout == "unaligned":
+            module.channel_align = 1
+    if layout == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
     with torch.no_grad():
         buffered = model.encode(x, (21, 18), (8, 7))
     assert (buffered - with_grad.detach()).abs().max() < 1e-5
 
 
 def test_float64_model_keeps_float64_state():
-    model = small_model().double()
+    model = small_network().double()
     x = torch.rand(1, 3, 14, 11, dtype=torch.float64)
     with torch.no_grad():
         grid = model.encode(x, (14, 11), (5, 4))
@@ -205,13 +212,15 @@ def test_float64_model_keeps_float64_state():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_subnets_keep_float32_images_and_invert(dtype):
-    reference = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16)), std=0.02, seed=1)
-    model = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16)), std=0.02, seed=1).to(dtype)
-    assert model.state_dtype == torch.float32
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    config = ModelConfig(blocks_per_level=4, growth=16)
+    reference = Rescaler(randomize(IARN(config), std=0.02, seed=1), device="cpu")
+    model = Rescaler(randomize(IARN(config), std=0.02, seed=1), device="cpu", precision=precision)
+    assert model.network.stages[0][0].f.out.weight.dtype == dtype and model.network.state_dtype == torch.float32
     x = torch.rand(1, 3, 40, 36)
     with torch.no_grad():
-        grid = model.encode(x, (40, 36), (15, 13))
-        restored = model.decode(grid, (40, 36), (15, 13), (40, 36))
+        grid = model.network.encode(x, (40, 36), (15, 13))
+        restored = model.network.decode(grid, (40, 36), (15, 13), (40, 36))
     assert grid.dtype == restored.dtype == torch.float32
     assert (restored - x).abs().max() < 1 / 255
     lr, lr_reference = model.downscale(x, scale=2.5), reference.downscale(x, scale=2.5)

@@ -23,11 +23,18 @@ def test_tiled_equals_untiled(mode, scale):
 def test_tiling_accepts_uint8_input_and_matches_float():
     model = small_model()
     pixels = torch.randint(0, 256, (1, 3, 90, 70), dtype=torch.uint8)
-    a = tiled_downscale(model, pixels, (31, 40), tile=40)
-    b = tiled_downscale(model, pixels.float() / 255, (31, 40), tile=None)
+    a = tiled_downscale(model.network, pixels, (31, 40), tile=40)
+    b = model.downscale_pixels(pixels.float() / 255, (31, 40))  # whole
     assert (a - b).abs().max() <= 1 / 255 + 1e-6
-    up = tiled_upscale(model, a, (90, 70), tile=32)
+    up = tiled_upscale(model.network, a, (90, 70), tile=32)
     assert up.shape == (1, 3, 90, 70)
+
+
+def test_the_tiler_refuses_whole_image_modes_and_the_runner_keeps_them_whole():
+    model = small_model(mode="naive")
+    with pytest.raises(ValueError, match="whole images only"):
+        tiled_downscale(model.network, torch.rand(1, 3, 40, 40), (20, 20), tile=64)
+    assert model.whole_image((4000, 4000), tile=64)
 
 
 def test_tiny_images_and_the_smallest_tile():
@@ -71,15 +78,14 @@ def test_uint8_conversion_in_strips_equals_one_shot():
 
 def test_whole_images_on_cuda_when_they_fit(monkeypatch):
     """CPU: tiles above 1 MP; CUDA: whole images while they fit in half the free memory."""
-    from iarn.model import IARN, ModelConfig
-    from iarn.tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, _untiled
+    from iarn.tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL
 
-    model = IARN(ModelConfig(blocks_per_level=1, growth=4))
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    model = small_model()
     big = (2353, 3528)  # 8.3 MP
-    assert not _untiled(model, None, big, cpu) and _untiled(model, None, (1000, 1000), cpu)
+    assert not model.whole_image(big, None) and model.whole_image((1000, 1000), None)
     assert AUTO_TILE_PIXELS < big[0] * big[1]
+    model.device = torch.device("cuda")  # the policy only; nothing runs there
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (16 << 30, 80 << 30))
-    assert _untiled(model, None, big, cuda) and not _untiled(model, 512, big, cuda)
+    assert model.whole_image(big, None) and not model.whole_image(big, 512)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (big[0] * big[1] * CUDA_BYTES_PER_PIXEL, 0))
-    assert not _untiled(model, None, big, cuda)
+    assert not model.whole_image(big, None)

@@ -5,14 +5,14 @@ import torch
 from safetensors.torch import save_file
 
 import iarn
-from iarn import IARN, ModelConfig, WeightsError, load_weights, save_weights
+from iarn import IARN, ModelConfig, Rescaler, WeightsError, load_weights, save_weights
 from iarn import weights as weights_module
 
-from .conftest import small_model
+from .conftest import small_network
 
 
 def test_round_trip_keeps_config_and_every_tensor(tmp_path):
-    model = small_model(mode="split", encoding="sincos", levels=2)
+    model = small_network(mode="split", encoding="sincos", levels=2)
     path = tmp_path / "m.safetensors"
     save_weights(model, path, training={"steps": 3})
     loaded = load_weights(path)
@@ -20,12 +20,13 @@ def test_round_trip_keeps_config_and_every_tensor(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     x = torch.rand(1, 3, 20, 20)
-    assert torch.equal(model.downscale(x, scale=2.5), loaded.downscale(x, scale=2.5))
+    before, after = Rescaler(model, device="cpu"), Rescaler(loaded, device="cpu")
+    assert torch.equal(before.downscale(x, scale=2.5), after.downscale(x, scale=2.5))
     assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temp file
 
 
 def test_config_that_does_not_fit_is_refused(tmp_path):
-    model = small_model()
+    model = small_network()
     tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
     base = {"format": "iarn", "format_version": "1"}
 
@@ -64,7 +65,7 @@ def test_load_without_bundled_weights_fails_clearly(monkeypatch):
 
 def test_load_by_path_and_device(weights_file):
     model = iarn.load(weights_file, device="cpu")
-    assert isinstance(model, IARN) and not model.training
+    assert isinstance(model, Rescaler) and isinstance(model.network, IARN) and not model.network.training
     assert model.config == ModelConfig(blocks_per_level=2, growth=8)
 
 
@@ -83,15 +84,18 @@ def test_precision_auto_follows_the_device(monkeypatch):
     from iarn import devices
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
     assert devices.resolve_precision("auto", cpu) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     assert devices.resolve_precision("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
     assert devices.resolve_precision("auto", cuda) == torch.float32
     assert devices.resolve_precision("auto", torch.device("mps")) == torch.float32
-    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_amx", lambda: False)
     assert devices.resolve_precision("auto", cpu) == torch.float32
+    assert devices.resolve_memory_format(cpu, torch.float32) == torch.channels_last
+    assert devices.resolve_memory_format(cpu, torch.bfloat16) == torch.contiguous_format
+    assert devices.resolve_memory_format(cuda, torch.bfloat16) == torch.contiguous_format
     assert devices.resolve_precision("fp16", cpu) == torch.float16
     with pytest.raises(ValueError, match="precision"):
         devices.resolve_precision("int8", cpu)
@@ -99,7 +103,7 @@ def test_precision_auto_follows_the_device(monkeypatch):
 
 def test_load_in_bf16_runs_the_subnets_in_bf16(weights_file):
     model = iarn.load(weights_file, device="cpu", precision="bf16")
-    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
-    assert model.state_dtype == torch.float32
+    assert {p.dtype for p in model.network.parameters()} == {torch.bfloat16}
+    assert model.network.state_dtype == torch.float32
     assert model.downscale(torch.rand(1, 3, 16, 16), scale=2).dtype == torch.float32
-    assert {p.dtype for p in iarn.load(weights_file, device="cpu").parameters()} == {torch.float32}
+    assert {p.dtype for p in iarn.load(weights_file, device="cpu").network.parameters()} == {torch.float32}

@@ -1,7 +1,7 @@
 """iarn: learned, invertible image rescaling at arbitrary scales (IARN, WACV 2023).
 
 import iarn
-model = iarn.load()                          # bundled weights, best device
+model = iarn.load()                          # a Rescaler: bundled weights, best device
 lr = model.downscale(hr, scale=2.7)          # (B, 3, H, W) in [0, 1] -> (B, 3, h, w)
 restored = model.upscale(lr, size=hr.shape[-2:])
 
@@ -19,9 +19,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "IARN": ".model",
     "ModelConfig": ".model",
+    "Rescaler": ".rescaler",
     "WeightsError": ".weights",
     "downscale_image": ".api",
-    "load": ".weights",
+    "load": ".rescaler",
     "load_weights": ".weights",
     "save_weights": ".weights",
     "upscale_image": ".api",
@@ -29,6 +30,7 @@ _EXPORTS = {
 __all__ = [
     "IARN",
     "ModelConfig",
+    "Rescaler",
     "WeightsError",
     "__version__",
     "downscale_image",
@@ -41,7 +43,8 @@ __all__ = [
 if TYPE_CHECKING:
     from .api import downscale_image, upscale_image
     from .model import IARN, ModelConfig
-    from .weights import WeightsError, load, load_weights, save_weights
+    from .rescaler import Rescaler, load
+    from .weights import WeightsError, load_weights, save_weights
 
 
 def __getattr__(name: str):

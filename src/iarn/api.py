@@ -1,8 +1,8 @@
 """Image-level helpers: Pillow images, uint8 arrays and `Picture`s through a model.
 
-The tensor API is `IARN.downscale` / `IARN.upscale`; these wrap it with the image policy of
-`iarn.imageio` (alpha, grayscale, ICC) and stream uint8 pixels through the tiler, so a large
-image never exists as a float copy of the input.
+The tensor API is `Rescaler.downscale` / `Rescaler.upscale`; these wrap it with the image
+policy of `iarn.imageio` (alpha, grayscale, ICC) and stream uint8 pixels through the tiler, so a
+large image never exists as a float copy of the input.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ from PIL import Image
 from .convert import to_tensor, to_uint8
 from .geometry import Size, check_tile, check_upscale_size, target_size
 from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
-from .model import IARN
-from .tiling import tiled_downscale, tiled_upscale
+from .rescaler import Rescaler
 
 
 def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
@@ -27,24 +26,18 @@ def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
     return plane[0, 0].mul(255).round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def _device(model: IARN) -> torch.device:
-    return next(model.parameters()).device
-
-
-@torch.inference_mode()
 def downscale_picture(
-    model: IARN, picture: Picture, size: Size | None = None, scale=None, tile: int | None = None
+    model: Rescaler, picture: Picture, size: Size | None = None, scale=None, tile: int | None = None
 ) -> Picture:
     """HR picture -> LR picture of `size` (h, w) or `scale`."""
     check_tile(tile)
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
-    lr = tiled_downscale(model, to_tensor(picture.rgb, _device(model)), lr_size, tile)
+    lr = model.downscale_pixels(to_tensor(picture.rgb), lr_size, tile)
     return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
 
 
-@torch.inference_mode()
 def upscale_picture(
-    model: IARN, picture: Picture, size: Size | None = None, tile: int | None = None, seed: int | None = None
+    model: Rescaler, picture: Picture, size: Size | None = None, tile: int | None = None, seed: int | None = None
 ) -> Picture:
     """LR picture -> HR picture of `size` (H, W); by default the size recorded in an iarn LR PNG."""
     check_tile(tile)
@@ -53,9 +46,8 @@ def upscale_picture(
         if size is None:
             raise ValueError("upscale needs the original size (H, W): none is recorded in this image, give size=...")
     size = check_upscale_size(size, picture.size, model.config.max_scale)
-    if seed is not None and model.config.mode != "split":
-        raise ValueError("sampling z (seed) needs a model in split mode")
-    hr = tiled_upscale(model, to_tensor(picture.rgb, _device(model)), size, tile, seed)
+    model.check_seed(seed)
+    hr = model.upscale_pixels(to_tensor(picture.rgb), size, tile, seed)
     return picture.with_pixels(to_uint8(hr), _resize_alpha(picture.alpha, size))
 
 
@@ -77,7 +69,7 @@ def _like(picture: Picture, original: Image.Image | np.ndarray) -> Image.Image |
     return picture.rgb
 
 
-def downscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None):
+def downscale_image(model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None):
     """Pillow image or uint8 array (H, W[, 3|4]) -> the same kind, downscaled.
 
     `size` is (h, w) in rows and columns (Pillow's `.size` is (w, h): mind the order).
@@ -85,7 +77,7 @@ def downscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | N
     return _like(downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile), image)
 
 
-def upscale_image(model: IARN, image: Image.Image | np.ndarray, size: Size | None = None, tile=None):
+def upscale_image(model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, tile=None):
     """Pillow image or uint8 array -> the same kind, upscaled to `size` (H, W); for a Pillow
     image of an iarn LR PNG, the size recorded in it by default."""
     return _like(upscale_picture(model, _as_picture(image), size, tile=tile), image)

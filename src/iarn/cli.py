@@ -99,8 +99,8 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
         "--precision",
         default=precision,
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="dtype of the network's subnets; auto: bf16 on CPUs with native bf16 and on CUDA GPUs "
-        "from Ampere on, else fp32 (default %(default)s)",
+        help="dtype of the network's subnets; auto: bf16 on CUDA GPUs from Ampere on and on CPUs with "
+        "AMX, else fp32 (default %(default)s)",
     )
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
@@ -182,8 +182,14 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
 
     ev = commands.add_parser("evaluate", help="PSNR/SSIM tables per dataset and scale (docs/design.md section 5)")
     ev.add_argument("--data", nargs="+", required=True, metavar="DIR", help="folders of HR images")
-    ev.add_argument("--scales", default="1.5,2,2.5,3,3.5,4", help="symmetric scales (default %(default)s)")
-    ev.add_argument("--asym", default="1.5x4,1.5x3.5,1.6x3.05,4x2", help="asymmetric SHxSW (default %(default)s)")
+    ev.add_argument(
+        "--scales",
+        nargs="+",
+        type=parse_scale,
+        metavar="S",
+        help="scales, each S or SH,SW as in downscale (default: the protocol's 1.5 2 2.5 3 3.5 4 "
+        "1.5,4 1.5,3.5 1.6,3.05 4,2)",
+    )
     ev.add_argument("--json", metavar="FILE", help="write the results as JSON")
     ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
     ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
@@ -296,7 +302,7 @@ def _check_target(source: Path, target: Path, force: bool) -> None:
 
 
 def _load_model(args):
-    from .weights import load
+    from .rescaler import load
 
     name = args.weights or args.model
     try:
@@ -491,12 +497,12 @@ def cmd_info(args) -> int:
     import torch
 
     from . import __version__
-    from .devices import cpu_has_native_bf16
+    from .devices import cpu_has_amx
     from .weights import BUNDLED, bundled_path, read_metadata
 
     print(f"iarn {__version__}, torch {torch.__version__}, Python {sys.version.split()[0]}")
     cuda = torch.cuda.is_available()
-    bf16 = "native bf16, --precision auto = bf16" if cpu_has_native_bf16() else "no native bf16"
+    bf16 = "AMX, --precision auto = bf16" if cpu_has_amx() else "no AMX, --precision auto = fp32"
     print(
         f"devices: cpu ({torch.get_num_threads()} threads, {bf16})"
         + (f", cuda ({torch.cuda.get_device_name(0)})" if cuda else "")
@@ -518,14 +524,13 @@ def cmd_info(args) -> int:
 
 def cmd_export(args) -> int:
     from .export import export_onnx, onnx_paths
-    from .weights import load
+    from .weights import load_weights, resolve_weights
 
     down, up = onnx_paths(args.onnx)
     for path in (down, up):
         if path.exists() and not args.force:
             raise CliError(f"{path} exists (use --force to overwrite)")
-    model = load(args.weights or args.model or "default", device="cpu")
-    export_onnx(model, down, up)
+    export_onnx(load_weights(resolve_weights(args.weights or args.model)), down, up)
     print(f"wrote {down} (hr, lr_shape -> lr) and {up} (lr, hr_shape -> hr)")
     return 0
 
@@ -572,13 +577,13 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate, markdown_table, parse_scales, plot, write_json
+    from .evaluate import PROTOCOL_SCALES, evaluate, markdown_table, plot, write_json
     from .files import atomic_write
     from .geometry import check_scale
 
-    scales = parse_scales(args.scales) + parse_scales(args.asym, asymmetric=True)
-    if not scales:
-        raise CliError("no scales to evaluate: --scales and --asym are both empty")
+    scales = args.scales or list(PROTOCOL_SCALES)
+    if any(value < 1 for scale in scales for value in scale):
+        raise CliError("scales must be at least 1 (a downscale); got " + " ".join(f"{h:g},{w:g}" for h, w in scales))
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (checked before hours of evaluation, not after)

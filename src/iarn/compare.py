@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .evaluate import bicubic_roundtrip, model_roundtrip
 from .metrics import psnr_y
-from .model import IARN
+from .rescaler import Rescaler
 
 LABEL_HEIGHT = 16
 
@@ -37,7 +37,7 @@ def most_detailed_box(rgb: np.ndarray, size: int) -> tuple[int, int]:
 
 
 def comparison(
-    model: IARN,
+    model: Rescaler,
     hr: np.ndarray,
     lr_size: tuple[int, int],
     box: tuple[int, int, int] | None = None,

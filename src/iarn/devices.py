@@ -1,4 +1,7 @@
-"""Device and precision policy: which device `auto` means, and which dtype the subnets run in."""
+"""Device policy: which device `auto` means, which dtype the subnets run in, which memory layout.
+
+The runner (`iarn.Rescaler`) applies these; the numbers behind them are in docs/performance.md.
+"""
 
 from __future__ import annotations
 
@@ -42,26 +45,38 @@ def resolve_device(name: str | torch.device = "auto", local_rank: int = 0, world
     return device
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU runs bfloat16 convolutions natively (AMX or AVX-512 BF16), so fast;
-    elsewhere oneDNN emulates them, slower than float32."""
-    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
-    return any(check is not None and check() for check in checks)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles, where oneDNN runs bfloat16 convolutions on matrix units.
+    AVX-512 BF16 alone is not enough: measured on this project's 2-core CPU (AVX-512 BF16, no
+    AMX), bf16 is no faster than fp32 and 1.35-1.5x slower than fp32 channels-last."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return check is not None and check()
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """The subnets' dtype for `precision`: fp32, bf16, fp16, or `auto`.
 
-    `auto` is bf16 on a CPU with native bf16 (Set5 PSNR-Y within 0.002 dB of fp32 and about
-    2x faster) and on CUDA GPUs of compute capability 8 or newer (within 0.001 dB, 1.2-1.9x
-    faster on an H200; docs/performance.md); fp32 everywhere else (not measured there).
+    `auto` is bf16 on CUDA GPUs of compute capability 8 or newer (Set5 PSNR-Y within 0.005 dB
+    of fp32, 1.3-1.9x faster on an H100 and an H200) and on CPUs with AMX (not measured here:
+    the matrix units are why); fp32 everywhere else, which on CPUs without AMX is also the
+    fastest (with `resolve_memory_format`'s channels-last layout).
     """
     if precision == "auto":
         if device.type == "cpu":
-            return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+            return torch.bfloat16 if cpu_has_amx() else torch.float32
         if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
             return torch.bfloat16
         return torch.float32
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be auto or one of {sorted(PRECISIONS)}, got {precision!r}")
     return PRECISIONS[precision]
+
+
+def resolve_memory_format(device: torch.device, dtype: torch.dtype) -> torch.memory_format:
+    """The subnets' memory layout: channels-last for fp32 on CPUs (oneDNN's direct NHWC kernels:
+    1.35-1.5x faster for 1 MP on this project's CPU), the default NCHW elsewhere (on an H100,
+    channels-last bf16 was 0.8x: cuDNN picks a slow NHWC kernel for the 3- and 18-channel output
+    convolutions)."""
+    if device.type == "cpu" and dtype == torch.float32:
+        return torch.channels_last
+    return torch.contiguous_format

@@ -10,24 +10,22 @@ z = 0 throughout. Grayscale images are replicated to RGB.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .convert import to_tensor, to_uint8
 from .files import atomic_write, find_images
 from .geometry import size_for_scale
 from .imageio import read_picture
 from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
-from .model import IARN
 from .resample import resize
-from .tiling import tiled_downscale, tiled_upscale
+from .rescaler import Rescaler
 
 DEFAULT_SCALES = ((1.5, 1.5), (2.0, 2.0), (2.5, 2.5), (3.0, 3.0), (3.5, 3.5), (4.0, 4.0))
 DEFAULT_ASYMMETRIC = ((1.5, 4.0), (1.5, 3.5), (1.6, 3.05), (4.0, 2.0))
+PROTOCOL_SCALES = DEFAULT_SCALES + DEFAULT_ASYMMETRIC  # what `iarn evaluate` measures by default
 
 
 @dataclass
@@ -45,18 +43,15 @@ def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndar
     return lr, up
 
 
-@torch.inference_mode()
-def model_roundtrip(model: IARN, hr: np.ndarray, lr_size: tuple[int, int], tile: int | None = None):
+def model_roundtrip(model: Rescaler, hr: np.ndarray, lr_size: tuple[int, int], tile: int | None = None):
     """The model's 8-bit LR and its 8-bit upscale: (LR, HR) uint8."""
-    device = next(model.parameters()).device
-    x = to_tensor(hr, device)
-    lr = tiled_downscale(model, x, lr_size, tile)
-    up = tiled_upscale(model, lr, hr.shape[:2], tile)
+    lr = model.downscale_pixels(to_tensor(hr), lr_size, tile)
+    up = model.upscale_pixels(lr, hr.shape[:2], tile)
     return to_uint8(lr.cpu()), to_uint8(up.cpu())
 
 
 def score_image(
-    model: IARN | None, hr: np.ndarray, scale: tuple[float, float], tile: int | None = None
+    model: Rescaler | None, hr: np.ndarray, scale: tuple[float, float], tile: int | None = None
 ) -> tuple[Scores | None, Scores]:
     """(model scores or None without a model, bicubic scores) for one HR image and scale."""
     lr_size = size_for_scale(hr.shape[:2], scale)
@@ -78,7 +73,7 @@ def _mean(scores: list[Scores]) -> Scores:
 
 
 def evaluate(
-    model: IARN | None,
+    model: Rescaler | None,
     datasets: list[str | Path],
     scales: list[tuple[float, float]],
     progress: bool = True,
@@ -88,7 +83,7 @@ def evaluate(
     """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
 
     Images too small for the protocol at a scale (under 11 pixels left after the border crop)
-    are skipped there and counted. `tile` as in `IARN.downscale`.
+    are skipped there and counted. `tile` as in `Rescaler.downscale`.
     """
     results: dict = {}
     for folder in map(Path, datasets):
@@ -129,23 +124,6 @@ def evaluate(
 
 def scale_label(scale: tuple[float, float]) -> str:
     return f"x{scale[0]:g}" if scale[0] == scale[1] else f"({scale[0]:g}, {scale[1]:g})"
-
-
-def parse_scales(text: str, asymmetric: bool = False) -> list[tuple[float, float]]:
-    """ "1.5,2,4" -> [(1.5, 1.5), ...]; with asymmetric, "1.5x4,4x2" -> [(1.5, 4), (4, 2)]."""
-    scales = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        try:
-            if asymmetric:
-                h, w = part.lower().split("x")
-                scales.append((float(h), float(w)))
-            else:
-                scales.append((float(part), float(part)))
-        except ValueError:
-            raise ValueError(f"malformed scale {part!r}") from None
-    if any(not math.isfinite(v) or v < 1 for s in scales for v in s):
-        raise ValueError("scales must be finite and at least 1")
-    return scales
 
 
 def markdown_table(results: dict) -> str:

@@ -13,7 +13,7 @@ data-dependent:
                     -> hr (1, 3, H, W) float32 in [0, 1]
 
 H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's max_scale is
-the caller's to keep, as for `IARN.downscale`. Whole images only (no tiling) and z = 0. Needs
+the caller's to keep, as for `Rescaler.downscale`. Whole images only (no tiling) and z = 0. Needs
 the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
 """
 
@@ -31,9 +31,9 @@ from torch import nn
 
 from .files import atomic_write
 from .model import IARN
-from .model.coupling import LR_CHANNELS
 from .model.encoding import ENCODINGS
-from .model.haar import haar_forward_levels, haar_inverse_levels, level_size
+from .model.haar import level_size
+from .rescaler import Rescaler
 
 MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
 OPSET = 18
@@ -99,8 +99,8 @@ def encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: t
 class _Graph(nn.Module):
     def __init__(self, model: IARN) -> None:
         super().__init__()
-        if model.config.mode == "naive":
-            raise ValueError("mode naive (the comparison baseline) is not exported")
+        if model.mode.whole_images_only:
+            raise ValueError(f"mode {model.config.mode} (the comparison baseline) is not exported")
         self.model = model
 
     def conds(self, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list[torch.Tensor]:
@@ -112,9 +112,9 @@ class _Graph(nn.Module):
             for k in range(1, cfg.levels + 1)
         ]
 
-    def grid_size(self, hr_size: tuple) -> tuple:
-        levels = self.model.config.levels
-        return level_size(hr_size[0], levels), level_size(hr_size[1], levels)
+    def lattice(self, hr_size: tuple) -> tuple:
+        """The size of what the mode resamples the LR from (model/modes.py)."""
+        return tuple(self.model.mode.lattice(self.model.levels, n)[1] for n in hr_size)
 
 
 def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
@@ -124,32 +124,22 @@ def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
 
 
 class DownscaleGraph(_Graph):
-    """(hr, lr_shape) -> lr: `IARN.downscale` of a whole image, geometry computed in the graph."""
+    """(hr, lr_shape) -> lr: `Rescaler.downscale` of a whole image, geometry computed in the graph."""
 
     def forward(self, hr: torch.Tensor, lr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr.shape[-2], hr.shape[-1]), (lr_shape.shape[0], lr_shape.shape[1])
         grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
-        if self.model.config.mode == "split":
-            source = grid[:, :LR_CHANNELS]
-        else:
-            source = haar_inverse_levels(grid, self.model.config.levels, hr_size)
+        source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
         lr = _resize(source, lr_size)
         return torch.round(lr.clamp(0, 1) * 255) / 255
 
 
 class UpscaleGraph(_Graph):
-    """(lr, hr_shape) -> hr: `IARN.upscale` of a whole image with z = 0."""
+    """(lr, hr_shape) -> hr: `Rescaler.upscale` of a whole image with z = 0."""
 
     def forward(self, lr: torch.Tensor, hr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
-        levels = self.model.config.levels
-        if self.model.config.mode == "split":
-            source = _resize(lr, self.grid_size(hr_size))
-            z_channels = 3 * 4**levels - LR_CHANNELS
-            z = torch.zeros_like(source[:, :1]).expand(-1, z_channels, -1, -1)
-            grid = torch.cat([source, z], dim=1)
-        else:
-            grid = haar_forward_levels(_resize(lr, hr_size), levels)
+        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
         hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
         return hr.clamp(0, 1)
 
@@ -161,13 +151,14 @@ def onnx_paths(name: str | os.PathLike) -> tuple[Path, Path]:
     return Path(f"{stem}-downscale.onnx"), Path(f"{stem}-upscale.onnx")
 
 
-def export_onnx(model: IARN, downscale_path: str | os.PathLike, upscale_path: str | os.PathLike) -> None:
-    """Write the downscale and upscale graphs of `model` (float32 weights, on the CPU)."""
+def export_onnx(model: IARN | Rescaler, downscale_path: str | os.PathLike, upscale_path: str | os.PathLike) -> None:
+    """Write the downscale and upscale graphs of `model` (a network, or the network of a
+    Rescaler; exported with float32 weights, from the CPU)."""
     try:
         import onnxscript  # noqa: F401  (torch's ONNX exporter needs it)
     except ImportError:
         raise ValueError("ONNX export needs the onnx extra: pip install 'iarn[onnx]'") from None
-    model = _float32_cpu(model)
+    model = _float32_cpu(model.network if isinstance(model, Rescaler) else model)
     down_example = (torch.rand(1, 3, 67, 93), torch.zeros(29, 41, dtype=torch.uint8))
     up_example = (torch.rand(1, 3, 29, 41), torch.zeros(67, 93, dtype=torch.uint8))
     sides = [torch.export.Dim(f"side{k}", min=MIN_SIDE) for k in range(4)]
@@ -210,6 +201,11 @@ def _quiet_exporter():
 
 
 def _float32_cpu(model: IARN) -> IARN:
+    """A float32, NCHW copy on the CPU, its dense blocks unpadded: the graph gets the plain
+    convolutions and the runtime picks its own kernels."""
     copy = IARN(model.config)
     copy.load_state_dict({k: v.float().cpu() for k, v in model.state_dict().items()})
+    for module in copy.modules():
+        if hasattr(module, "channel_align"):
+            module.channel_align = 1
     return copy.eval()

@@ -1,5 +1,8 @@
 """Tiled down- and upscaling for images of any size, with memory bounded by the tile.
 
+Whether an image is tiled at all is the runner's policy (`Rescaler.whole_image`); the constants
+it uses are here.
+
 The output is cut into a grid of core tiles. Each tile is computed from an input crop that
 covers what the resampler reads for the tile plus a context margin for the convolutions, using
 the whole image's geometry (see `IARN.down_region`). Neighbouring tiles also compute `overlap`
@@ -9,12 +12,16 @@ Tiled output equals untiled output to well within 1/255 (tests/test_tiling.py).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from .geometry import Size
-from .model.haar import level_size
-from .model.network import IARN, quantize_8bit
+from .model.network import quantize_8bit
 from .resample import input_span
+
+if TYPE_CHECKING:
+    from .model import IARN
 
 AUTO_TILE_PIXELS = 1024 * 1024  # on CPUs (and MPS), images with more HR pixels are tiled by default
 # On CUDA an image is processed whole when this many bytes per HR pixel fit in half the free
@@ -52,8 +59,17 @@ def _align_up(value: int, cell: int, limit: int) -> int:
     return min(limit, -(-value // cell) * cell)
 
 
-def _as_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def as_float(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """uint8 (0..255) or float pixels -> `dtype` in [0, 1]."""
     return x.to(dtype) / 255 if x.dtype == torch.uint8 else x.to(dtype)
+
+
+def seeded_noise(seed: int | None, temperature: float, index: tuple[int, int]):
+    """z sampler for tile `index` (None: z = 0), reproducible for a seed and tiling."""
+    if seed is None:
+        return None
+    generator = torch.Generator().manual_seed(hash((seed, *index)) & 0x7FFF_FFFF_FFFF_FFFF)
+    return lambda shape: temperature * torch.randn(shape, generator=generator)
 
 
 def _plan(length: int, tile_out: int, overlap: int) -> tuple[list[tuple[int, int]], int]:
@@ -64,33 +80,21 @@ def _plan(length: int, tile_out: int, overlap: int) -> tuple[list[tuple[int, int
 
 def _hr_crop_for_lr(model: IARN, hr: int, lr: int, out: tuple[int, int], context: int) -> tuple[int, int]:
     """HR crop [a, b) that LR outputs [out) need, with context, aligned for the Haar."""
+    step, lattice = model.mode.lattice(model.levels, hr)  # the LR is resampled from this lattice
+    a, b = input_span(lattice, lr, *out)
     cell = model.cell
-    if model.config.mode == "split":
-        grid_a, grid_b = input_span(level_size(hr, model.config.levels), lr, *out)
-        a, b = grid_a * cell, grid_b * cell
-    else:
-        a, b = input_span(hr, lr, *out)
-    return _align_down(max(0, a - context), cell), _align_up(b + context, cell, hr)
+    return _align_down(max(0, a * step - context), cell), _align_up(b * step + context, cell, hr)
 
 
 def _lr_crop_for_hr(model: IARN, hr: int, lr: int, rows: tuple[int, int]) -> tuple[int, int]:
     """LR crop that HR rows [rows) (aligned) read from."""
-    if model.config.mode == "split":
-        cell = model.cell
-        return input_span(lr, level_size(hr, model.config.levels), rows[0] // cell, -(-rows[1] // cell))
-    return input_span(lr, hr, *rows)
+    step, lattice = model.mode.lattice(model.levels, hr)
+    return input_span(lr, lattice, rows[0] // step, -(-rows[1] // step))
 
 
-def _untiled(model: IARN, tile: int | None, hr_size: Size, device: torch.device) -> bool:
-    if model.config.mode == "naive":  # the comparison baseline: whole images only
-        return True
-    if tile is not None:
-        return False
-    pixels = hr_size[0] * hr_size[1]
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return pixels * CUDA_BYTES_PER_PIXEL <= free // 2
-    return pixels <= AUTO_TILE_PIXELS
+def _check_tileable(model: IARN) -> None:
+    if model.mode.whole_images_only:
+        raise ValueError(f"mode {model.config.mode} processes whole images only, not tiles")
 
 
 def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torch.Tensor:
@@ -111,19 +115,18 @@ def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torc
 def tiled_downscale(
     model: IARN, x: torch.Tensor, lr_size: Size, tile: int | None, context: int = CONTEXT, overlap: int = OVERLAP
 ) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float."""
+    """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float, in tiles
+    with cores of about `tile` (default DEFAULT_TILE) HR pixels a side."""
+    _check_tileable(model)
     hr_size = (x.shape[-2], x.shape[-1])
     dtype = model.state_dtype
-    if _untiled(model, tile, hr_size, x.device):
-        lr, _ = model.down_region(_as_float(x, dtype), hr_size, lr_size)
-        return quantize_8bit(lr)
     tile = tile or DEFAULT_TILE
     tile_lr = tuple(max(1, round(tile * lr_size[k] / hr_size[k])) for k in range(2))
 
     def compute(rows, cols, _index):
         crop_rows = _hr_crop_for_lr(model, hr_size[0], lr_size[0], rows, context)
         crop_cols = _hr_crop_for_lr(model, hr_size[1], lr_size[1], cols, context)
-        crop = _as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
+        crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
         lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
         return lr
 
@@ -141,18 +144,11 @@ def tiled_upscale(
     context: int = CONTEXT,
     overlap: int = OVERLAP,
 ) -> torch.Tensor:
-    """LR (B, 3, h, w) float in [0, 1] or uint8 -> HR (B, 3, H, W) float, clamped to [0, 1]."""
+    """LR (B, 3, h, w) float in [0, 1] or uint8 -> HR (B, 3, H, W) float, clamped to [0, 1], in
+    tiles as in `tiled_downscale`; `seed` samples z per tile (`seeded_noise`)."""
+    _check_tileable(model)
     lr_size = (lr.shape[-2], lr.shape[-1])
     dtype = model.state_dtype
-
-    def noise_for(index):
-        if seed is None:
-            return None
-        generator = torch.Generator().manual_seed(hash((seed, *index)) & 0x7FFF_FFFF_FFFF_FFFF)
-        return lambda shape: temperature * torch.randn(shape, generator=generator)
-
-    if _untiled(model, tile, hr_size, lr.device):
-        return model.up_region(_as_float(lr, dtype), hr_size, lr_size, noise=noise_for((0, 0))).clamp_(0, 1)
     tile = tile or DEFAULT_TILE
     cell = model.cell
 
@@ -161,8 +157,9 @@ def tiled_upscale(
         hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
         lr_rows = _lr_crop_for_hr(model, hr_size[0], lr_size[0], hr_rows)
         lr_cols = _lr_crop_for_hr(model, hr_size[1], lr_size[1], hr_cols)
-        crop = _as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
-        hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise_for(index))
+        crop = as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
+        noise = seeded_noise(seed, temperature, index)
+        hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise)
         return hr[..., rows[0] - hr_rows[0] : rows[1] - hr_rows[0], cols[0] - hr_cols[0] : cols[1] - hr_cols[0]]
 
     out = torch.zeros(lr.shape[0], 3, *hr_size, dtype=dtype, device=lr.device)

@@ -204,10 +204,7 @@ class RescaleLoss(nn.Module):
         recon = self.model.up_region(lr_q, hr_size, lr_size)
         with torch.no_grad():
             reference = resize(hr, lr_size)
-        if self.model.config.mode in ("split", "naive"):  # the by-product is z
-            latent = by_product.float().pow(2).mean()
-        else:  # the full-resolution image x' must survive the down-up cycle
-            latent = F.mse_loss(by_product.float(), resize(lr_q, hr_size).float())
+        latent = self.model.mode.latent_loss(by_product, lr_q, hr_size)
         rec = F.l1_loss(recon.float(), hr)
         lr_fit = F.mse_loss(lr.float(), reference)
         total = self.cfg.lambda_rec * rec + lambda_lr * lr_fit + self.cfg.lambda_z * latent

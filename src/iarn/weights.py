@@ -16,7 +16,6 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .devices import resolve_device, resolve_precision
 from .files import atomic_write
 from .model import IARN, ModelConfig
 
@@ -89,18 +88,9 @@ def bundled_path(name: str) -> Path | None:
     return path if path.is_file() else None
 
 
-def load(
-    path_or_name: str | os.PathLike | None = None,
-    device: str | torch.device = "auto",
-    precision: str = "fp32",
-) -> IARN:
-    """A ready model (eval mode) from a weight file path or a bundled name (`BUNDLED`).
-
-    `precision` (fp32, bf16, fp16 or auto, see `resolve_precision`) is the dtype the subnets run
-    in; images and the invertible arithmetic stay float32 (`IARN.state_dtype`). fp32 is exact
-    and reproducible; bf16 is faster on CPUs where `cpu_has_native_bf16`. Raises WeightsError
-    when the weights are missing or do not fit; never falls back to random weights.
-    """
+def resolve_weights(path_or_name: str | os.PathLike | None = None) -> Path:
+    """The weight file for a path or a bundled name (`BUNDLED`; None: default). WeightsError
+    when it names neither."""
     name = "default" if path_or_name is None else str(path_or_name)
     if name in BUNDLED and not Path(name).exists():
         path = bundled_path(name)
@@ -109,9 +99,8 @@ def load(
                 f"this iarn install has no bundled '{name}' weights; pass a weight file path "
                 "(train one with `iarn train`)"
             )
-    else:
-        path = Path(name)
-        if not path.exists() and path.suffix != ".safetensors" and not any(sep in name for sep in "/\\"):
-            raise WeightsError(f"no bundled model named {name!r} (bundled: {', '.join(BUNDLED)}) and no such file")
-    device = resolve_device(device)
-    return load_weights(path, device).to(resolve_precision(precision, device))
+        return path
+    path = Path(name)
+    if not path.exists() and path.suffix != ".safetensors" and not any(sep in name for sep in "/\\"):
+        raise WeightsError(f"no bundled model named {name!r} (bundled: {', '.join(BUNDLED)}) and no such file")
+    return path

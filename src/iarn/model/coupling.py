@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 LR_CHANNELS = 3
+CHANNEL_ALIGN = 8  # see DenseBlock._inference
 
 
 class DenseBlock(nn.Module):
@@ -31,6 +32,9 @@ class DenseBlock(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(in_channels + k * growth, growth, 3, padding=1) for k in range(4))
         self.out = nn.Conv2d(in_channels + 4 * growth, out_channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.2, inplace=True)
+        # Inference only: pad channel counts to a multiple of this (1: no padding). Not a config
+        # field: it changes float summation order, never the model.
+        self.channel_align = CHANNEL_ALIGN
         for conv in self.convs:
             nn.init.xavier_normal_(conv.weight)
             conv.weight.data.mul_(0.1)
@@ -48,17 +52,53 @@ class DenseBlock(nn.Module):
             for conv in self.convs:
                 features.append(self.act(conv(torch.cat(features, dim=1))))
             return self.out(torch.cat(features, dim=1))
-        # Inference: one buffer that every convolution appends its output to, instead of
-        # re-concatenating all earlier features (autograd forbids this in-place pattern).
-        growth, width = self.convs[0].out_channels, x.shape[1] + cond.shape[1]
-        features = x.new_empty((x.shape[0], width + 4 * growth, *x.shape[2:]), dtype=dtype)
+        return self._inference(x, cond, dtype)
+
+    def _inference(self, x: torch.Tensor, cond: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The forward pass without autograd, with the same result up to float summation order.
+
+        One buffer that every convolution appends its output to, instead of re-concatenating
+        all earlier features (autograd forbids this in-place pattern). With `channel_align` > 1
+        the first segment (features and condition) is zero-padded, and the output convolution's
+        rows too, to a multiple of it, so every convolution sees aligned channel counts
+        (13 -> 16, 45 -> 48, ...: tensor-core kernels instead of a fallback on a GPU); the
+        weights get zero columns to match. The buffer takes the weights' memory format.
+        """
+        align, growth = self.channel_align, self.convs[0].out_channels
+        used = x.shape[1] + cond.shape[1]
+        width = used + (-used) % align
+        layout = torch.channels_last if _is_channels_last(self.out.weight) else torch.contiguous_format
+        shape = (x.shape[0], width + 4 * growth, *x.shape[2:])
+        features = torch.empty(shape, dtype=dtype, device=x.device, memory_format=layout)
         features[:, : x.shape[1]] = x
-        features[:, x.shape[1] : width] = cond
+        features[:, x.shape[1] : used] = cond
+        features[:, used:width] = 0
         for conv in self.convs:
             new = features[:, width : width + growth]
-            self.act(new.copy_(conv(features[:, :width])))
+            self.act(new.copy_(_conv_aligned(conv, features[:, :width], used, 1)))
             width += growth
-        return self.out(features)
+        return _conv_aligned(self.out, features, used, align)[:, : self.out.out_channels]
+
+
+def _conv_aligned(conv: nn.Conv2d, features: torch.Tensor, used: int, align: int) -> torch.Tensor:
+    """`conv` applied to `features`, whose first segment is padded from `used` channels to fill
+    the gap between the weight's input channels and the features'; output rows padded to a
+    multiple of `align` (zeros)."""
+    weight, bias = conv.weight, conv.bias
+    gap = features.shape[1] - weight.shape[1]
+    if gap:
+        weight = torch.cat([weight[:, :used], weight.new_zeros(weight.shape[0], gap, 3, 3), weight[:, used:]], dim=1)
+    rows = (-weight.shape[0]) % align
+    if rows:
+        weight = torch.cat([weight, weight.new_zeros(rows, *weight.shape[1:])])
+        bias = torch.cat([bias, bias.new_zeros(rows)])
+    if _is_channels_last(conv.weight):
+        weight = weight.contiguous(memory_format=torch.channels_last)
+    return nn.functional.conv2d(features, weight, bias, padding=1)
+
+
+def _is_channels_last(weight: torch.Tensor) -> bool:
+    return weight.is_contiguous(memory_format=torch.channels_last) and not weight.is_contiguous()
 
 
 class CouplingBlock(nn.Module):

@@ -2,9 +2,7 @@
 
 Shapes and ranges. HR images are (B, 3, H, W) and LR images (B, 3, h, w), float, RGB, values in
 [0, 1], any 1 <= H/h <= `max_scale` and 1 <= W/w <= `max_scale` (the two factors independent).
-`downscale` returns the LR rounded to 8 bits (a saved PNG holds exactly it); `upscale` returns HR
-clamped to [0, 1] but not rounded. Both are deterministic: the lost detail `z` is taken as 0
-unless a seed asks for a sample (mode `split` only).
+The network knows regions; whole images, tiles, devices and precision are `iarn.Rescaler`'s.
 
 Regions. `down_region` and `up_region` run the network on a crop of the image with the geometry
 of the whole image (phases of the scale encoding, rows of the resampling matrices), so tiles of a
@@ -16,21 +14,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..geometry import Size, check_tile, check_upscale_size, target_size
-from ..resample import apply_matrices, resample_matrix, resize
-from .coupling import LR_CHANNELS, CouplingBlock
+from ..geometry import Size
+from .coupling import CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
-from .haar import haar_forward, haar_forward_levels, haar_inverse, haar_inverse_levels, level_size
+from .haar import haar_forward, haar_inverse, level_size
+from .modes import MODES, Mode, NoiseFn
 
-MODES = ("split", "cycle", "naive")
-RANGE_SLACK = 1e-3  # how far outside [0, 1] an input may stray (float rounding) before it is refused
 # Sane bounds, checked before anything is built: a weight file's config cannot ask for absurd sizes.
 CONFIG_BOUNDS = {
     "levels": (1, 4),
@@ -40,18 +35,17 @@ CONFIG_BOUNDS = {
     "max_scale": (1.0, 16.0),
 }
 Range = tuple[int, int]
-NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Architecture of an IARN model; stored as JSON in every weight file.
 
-    mode: how the LR is formed, `cycle` (invert the Haar, bicubic-resize the full-resolution
-        output) or `split` (resample only the first 3 channels of the working grid); `naive`
-        is the comparison baseline of the design (docs/ablation.md): bicubic-resize the HR to twice the LR
-        size, run a fixed x2 model (split at 1 level), bicubic-resize back on the way up.
-        Train it at scale 2 (`scale_min = scale_max = 2`); it processes whole images only.
+    mode: how the LR is formed (model/modes.py), `cycle` (invert the Haar, bicubic-resize the
+        full-resolution output) or `split` (resample only the first 3 channels of the working
+        grid); `naive` is the comparison baseline (docs/ablation.md): bicubic-resize the HR to
+        twice the LR size, a fixed x2 split model, bicubic back on the way up. Train it at
+        scale 2 (`scale_min = scale_max = 2`); it processes whole images only.
     levels: Haar levels; blocks_per_level coupling blocks follow each.
     growth: width of the dense subnets. clamp: bound of the coupling's log-scale.
     encoding: `pse` (4 maps), `sincos` (6 maps) or `off` (4 zero maps).
@@ -68,7 +62,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+            raise ValueError(f"mode must be one of {tuple(MODES)}, got {self.mode!r}")
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.mode == "naive" and self.levels != 1:
@@ -122,6 +116,15 @@ class IARN(nn.Module):
         """dtype of images and of the invertible arithmetic: float64 for a float64 model, else
         float32. Weights in bfloat16 or float16 only make the subnets run in that precision."""
         return torch.float64 if self.stages[0][0].f.out.weight.dtype == torch.float64 else torch.float32
+
+    @property
+    def mode(self) -> Mode:
+        """How the LR is formed (model/modes.py)."""
+        return MODES[self.config.mode]
+
+    @property
+    def levels(self) -> int:
+        return self.config.levels
 
     @property
     def cell(self) -> int:
@@ -192,25 +195,10 @@ class IARN(nn.Module):
         """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`.
 
         Returns the unquantized LR (B, 3, rows, cols) and the by-product the training loss
-        needs: `z` (the working grid less its first 3 channels) in `split` mode, the
-        full-resolution image `x'` in `cycle` mode.
+        needs (the mode's: `z` in `split` mode, the full-resolution image `x'` in `cycle` mode).
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
-        crop = (x.shape[-2], x.shape[-1])
-        if self.config.mode == "naive":
-            _check_whole(crop, hr_size, hr_start, (lr_rows, lr_cols), lr_size)
-            middle = (2 * lr_size[0], 2 * lr_size[1])
-            grid = self.encode(resize(x, middle), middle, lr_size)
-            return grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
-        grid = self.encode(x, hr_size, lr_size, hr_start)
-        if self.config.mode == "split":
-            source, by_product = grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
-            cell, full = self.cell, tuple(level_size(n, self.config.levels) for n in hr_size)
-        else:
-            source = by_product = haar_inverse_levels(grid, self.config.levels, crop)
-            cell, full = 1, hr_size
-        start = (hr_start[0] // cell, hr_start[1] // cell)
-        return _resample_crop(source, start, full, lr_size, lr_rows, lr_cols), by_product
+        return self.mode.down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols)
 
     def up_region(
         self,
@@ -226,111 +214,7 @@ class IARN(nn.Module):
         LR crop starting at `lr_start`. Unclamped. `noise(shape)` samples `z` in `split` mode
         (default zeros)."""
         hr_rows, hr_cols = _full(hr_rows, hr_size[0]), _full(hr_cols, hr_size[1])
-        crop = (hr_rows[1] - hr_rows[0], hr_cols[1] - hr_cols[0])
-        hr_start = (hr_rows[0], hr_cols[0])
-        if self.config.mode == "naive":
-            _check_whole((lr.shape[-2], lr.shape[-1]), lr_size, lr_start, (hr_rows, hr_cols), hr_size)
-            middle = (2 * lr_size[0], 2 * lr_size[1])
-            z_shape = (lr.shape[0], 3 * 4 - LR_CHANNELS, *lr.shape[-2:])
-            z = noise(z_shape).to(lr) if noise is not None else lr.new_zeros(z_shape)
-            return resize(self.decode(torch.cat([lr, z], dim=1), middle, lr_size, middle), hr_size)
-        if self.config.mode == "split":
-            cell, levels = self.cell, self.config.levels
-            full = tuple(level_size(n, levels) for n in hr_size)
-            out_rows = (hr_rows[0] // cell, -(-hr_rows[1] // cell))
-            out_cols = (hr_cols[0] // cell, -(-hr_cols[1] // cell))
-        else:
-            full, out_rows, out_cols = hr_size, hr_rows, hr_cols
-        source = _resample_crop(lr, lr_start, lr_size, full, out_rows, out_cols)
-        if self.config.mode == "split":
-            z_shape = (source.shape[0], 3 * 4**self.config.levels - LR_CHANNELS, *source.shape[-2:])
-            z = noise(z_shape).to(source) if noise is not None else source.new_zeros(z_shape)
-            grid = torch.cat([source, z], dim=1)
-        else:
-            grid = haar_forward_levels(source, self.config.levels)
-        return self.decode(grid, hr_size, lr_size, crop, hr_start)
-
-    # -- the public API ---------------------------------------------------------------------
-
-    @torch.inference_mode()
-    def downscale(
-        self,
-        x: torch.Tensor,
-        size: Size | None = None,
-        scale: float | tuple[float, float] | None = None,
-        tile: int | None = None,
-    ) -> torch.Tensor:
-        """HR (B, 3, H, W) in [0, 1] -> LR (B, 3, h, w) in [0, 1], rounded to 8 bits.
-
-        Give `size=(h, w)` or `scale=s` / `(s_h, s_w)`; a scale means
-        `h = max(1, round(H / s_h))` (halves up). Geometry then uses the actual ratio H/h.
-        `tile` forces tiled processing, with tile cores of about `tile` HR pixels a side; by
-        default images above `tiling.AUTO_TILE_PIXELS` HR pixels are tiled.
-        """
-        from ..tiling import tiled_downscale
-
-        _check_image(x, "downscale")
-        check_tile(tile)
-        hr_size = (x.shape[-2], x.shape[-1])
-        lr_size = target_size(hr_size, self.config.max_scale, size=size, scale=scale)
-        return tiled_downscale(self, x, lr_size, tile)
-
-    @torch.inference_mode()
-    def upscale(
-        self,
-        lr: torch.Tensor,
-        size: Size,
-        tile: int | None = None,
-        seed: int | None = None,
-        temperature: float = 1.0,
-    ) -> torch.Tensor:
-        """LR (B, 3, h, w) in [0, 1] -> HR (B, 3, H, W) in [0, 1] with `size=(H, W)`.
-
-        `seed` draws `z` from N(0, temperature^2) instead of taking it as 0 (mode `split` only;
-        reproducible for a fixed seed and tiling). `tile` as in `downscale`.
-        """
-        from ..tiling import tiled_upscale
-
-        _check_image(lr, "upscale")
-        hr_size = check_upscale_size(size, (lr.shape[-2], lr.shape[-1]), self.config.max_scale)
-        check_tile(tile)
-        if seed is not None and self.config.mode != "split":
-            raise ValueError("sampling z (seed) needs a model in split mode; this one is cycle")
-        return tiled_upscale(self, lr, hr_size, tile, seed, temperature)
+        return self.mode.up(self, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise)
 
 
-def _resample_crop(
-    x: torch.Tensor, start: Size, in_size: Size, out_size: Size, out_rows: Range, out_cols: Range
-) -> torch.Tensor:
-    """Rows/cols `out_rows`, `out_cols` of resizing a whole (in_size) image to out_size, computed
-    from its crop `x` that starts at `start`."""
-    rows = resample_matrix(in_size[0], out_size[0], out_rows, (start[0], start[0] + x.shape[-2]), x.dtype, x.device)
-    cols = resample_matrix(in_size[1], out_size[1], out_cols, (start[1], start[1] + x.shape[-1]), x.dtype, x.device)
-    return apply_matrices(x, rows, cols)
-
-
-def _check_whole(crop: Size, size: Size, start: Size, out: tuple[Range, Range], out_size: Size) -> None:
-    if crop != tuple(size) or tuple(start) != (0, 0) or out != ((0, out_size[0]), (0, out_size[1])):
-        raise ValueError("mode naive (the comparison baseline) processes whole images only, not tiles")
-
-
-def _check_image(x, what: str) -> None:
-    """Refuse what would give silently wrong output: not a (B, 3, H, W) float tensor in [0, 1]."""
-    if not isinstance(x, torch.Tensor):
-        hint = "; for numpy arrays and Pillow images use iarn.downscale_image / upscale_image" if x is not None else ""
-        raise TypeError(f"{what} takes a torch tensor (B, 3, H, W), got {type(x).__name__}{hint}")
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"{what} takes a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise ValueError(f"{what} takes float values in [0, 1], got dtype {x.dtype}")
-    if x.numel() == 0:
-        raise ValueError(f"{what} got an empty tensor of shape {tuple(x.shape)}")
-    low, high = torch.aminmax(x)
-    if not (torch.isfinite(low) and torch.isfinite(high)):
-        raise ValueError(f"{what} got NaN or infinite values")
-    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
-        hint = " (it looks like 0..255: divide by 255)" if high > 2 else ""
-        raise ValueError(f"{what} takes values in [0, 1], got {float(low):.4g} to {float(high):.4g}{hint}")
-
-
-__all__ = ["IARN", "ModelConfig", "quantize_8bit", "haar_forward_levels"]
+__all__ = ["IARN", "ModelConfig", "quantize_8bit"]

@@ -1,0 +1,171 @@
+"""How a mode forms the LR from the invertible core, and back: one class per mode.
+
+The invertible core (`IARN.encode` / `IARN.decode`: Haar levels and coupling blocks) maps an HR
+crop to a working grid of 3 * 4^L channels at 1 / 2^L of its size, and back. A mode says what
+the LR is resampled from (its *source*, on a *lattice*: the HR pixels or the grid's cells), what
+the training loss keeps small besides (the *by-product*), and how the grid is rebuilt from an
+upsampled LR. Everything mode-specific lives here; the network, the tiler, the exporter and the
+training loss ask the mode (docs/design.md section 3). A new mode is a new `Mode` subclass in
+`MODES`.
+
+Shapes: `x` HR (B, 3, Hc, Wc); grid (B, 3 * 4^L, ...); LR (B, 3, h, w); float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+
+from ..geometry import Size
+from ..resample import apply_matrices, resample_matrix, resize
+from .coupling import LR_CHANNELS
+from .haar import haar_forward_levels, haar_inverse_levels, level_size
+
+Range = tuple[int, int]
+NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
+
+
+class Core(Protocol):
+    """What a mode needs of the network: its invertible core and its number of Haar levels."""
+
+    levels: int
+
+    def encode(self, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size = (0, 0)) -> torch.Tensor: ...
+
+    def decode(
+        self, y: torch.Tensor, hr_size: Size, lr_size: Size, crop: Size, hr_start: Size = (0, 0)
+    ) -> torch.Tensor: ...
+
+
+class Mode:
+    """A way to form the LR; subclasses set the four hooks, `down` and `up` are shared."""
+
+    whole_images_only = False  # True: no tiles, no regions (the tiler and the exporter refuse it)
+    samples_z = False  # True: upscale can draw the lost detail z from a seed
+
+    def lattice(self, levels: int, hr_length: int) -> tuple[int, int]:
+        """(cell, length): the source's pixels are `cell` HR pixels apart, `length` of them."""
+        raise NotImplementedError
+
+    def lr_source(self, grid: torch.Tensor, levels: int, crop: Size) -> tuple[torch.Tensor, torch.Tensor]:
+        """(source the LR is resampled from, by-product the loss keeps small) of a grid."""
+        raise NotImplementedError
+
+    def grid_from_source(self, source: torch.Tensor, levels: int, noise: NoiseFn | None = None) -> torch.Tensor:
+        """The working grid rebuilt from an upsampled LR `source` (z = 0 or `noise(shape)`)."""
+        raise NotImplementedError
+
+    def latent_loss(self, by_product: torch.Tensor, lr_q: torch.Tensor, hr_size: Size) -> torch.Tensor:
+        """The training loss term on the by-product, given the quantised LR."""
+        raise NotImplementedError
+
+    def down(
+        self, net: Core, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size, lr_rows: Range, lr_cols: Range
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unquantised LR rows/cols of the whole image, from the HR crop `x` at `hr_start`."""
+        grid = net.encode(x, hr_size, lr_size, hr_start)
+        source, by_product = self.lr_source(grid, net.levels, (x.shape[-2], x.shape[-1]))
+        (cell_h, lattice_h), (cell_w, lattice_w) = (self.lattice(net.levels, n) for n in hr_size)
+        start = (hr_start[0] // cell_h, hr_start[1] // cell_w)
+        return resample_crop(source, start, (lattice_h, lattice_w), lr_size, lr_rows, lr_cols), by_product
+
+    def up(
+        self,
+        net: Core,
+        lr: torch.Tensor,
+        hr_size: Size,
+        lr_size: Size,
+        lr_start: Size,
+        hr_rows: Range,
+        hr_cols: Range,
+        noise: NoiseFn | None,
+    ) -> torch.Tensor:
+        """HR rows/cols (unclamped) from the LR crop `lr` at `lr_start`."""
+        (cell_h, lattice_h), (cell_w, lattice_w) = (self.lattice(net.levels, n) for n in hr_size)
+        out_rows = (hr_rows[0] // cell_h, -(-hr_rows[1] // cell_h))
+        out_cols = (hr_cols[0] // cell_w, -(-hr_cols[1] // cell_w))
+        source = resample_crop(lr, lr_start, lr_size, (lattice_h, lattice_w), out_rows, out_cols)
+        grid = self.grid_from_source(source, net.levels, noise)
+        crop = (hr_rows[1] - hr_rows[0], hr_cols[1] - hr_cols[0])
+        return net.decode(grid, hr_size, lr_size, crop, (hr_rows[0], hr_cols[0]))
+
+
+class Cycle(Mode):
+    """The LR is a bicubic resize of the full-resolution image x' (the Haar inverted); x' must
+    survive the down-up cycle."""
+
+    def lattice(self, levels: int, hr_length: int) -> tuple[int, int]:
+        return 1, hr_length
+
+    def lr_source(self, grid, levels, crop):
+        full_resolution = haar_inverse_levels(grid, levels, crop)
+        return full_resolution, full_resolution
+
+    def grid_from_source(self, source, levels, noise=None):
+        return haar_forward_levels(source, levels)
+
+    def latent_loss(self, by_product, lr_q, hr_size):
+        return F.mse_loss(by_product.float(), resize(lr_q, hr_size).float())
+
+
+class Split(Mode):
+    """The LR is a resample of the grid's first 3 channels; the rest, z, should carry nothing
+    the decoder cannot do without (it is taken as 0, or sampled)."""
+
+    samples_z = True
+
+    def lattice(self, levels: int, hr_length: int) -> tuple[int, int]:
+        return 2**levels, level_size(hr_length, levels)
+
+    def lr_source(self, grid, levels, crop):
+        return grid[:, :LR_CHANNELS], grid[:, LR_CHANNELS:]
+
+    def grid_from_source(self, source, levels, noise=None):
+        channels = 3 * 4**levels - LR_CHANNELS
+        if noise is None:  # zeros shaped from the tensor, so an exported graph keeps dynamic sizes
+            z = torch.zeros_like(source[:, :1]).expand(-1, channels, -1, -1)
+        else:
+            z = noise((source.shape[0], channels, *source.shape[-2:])).to(source)
+        return torch.cat([source, z], dim=1)
+
+    def latent_loss(self, by_product, lr_q, hr_size):
+        return by_product.float().pow(2).mean()
+
+
+class Naive(Split):
+    """The comparison baseline (docs/ablation.md): bicubic-resize the HR to twice the LR size,
+    a fixed x2 split model (1 level), bicubic back on the way up. Whole images only."""
+
+    whole_images_only = True
+
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
+        _check_whole((x.shape[-2], x.shape[-1]), hr_size, hr_start, (lr_rows, lr_cols), lr_size)
+        middle = (2 * lr_size[0], 2 * lr_size[1])
+        grid = net.encode(resize(x, middle), middle, lr_size)
+        return self.lr_source(grid, 1, middle)
+
+    def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
+        _check_whole((lr.shape[-2], lr.shape[-1]), lr_size, lr_start, (hr_rows, hr_cols), hr_size)
+        middle = (2 * lr_size[0], 2 * lr_size[1])
+        return resize(net.decode(self.grid_from_source(lr, 1, noise), middle, lr_size, middle), hr_size)
+
+
+MODES: dict[str, Mode] = {"cycle": Cycle(), "split": Split(), "naive": Naive()}
+
+
+def resample_crop(
+    x: torch.Tensor, start: Size, in_size: Size, out_size: Size, out_rows: Range, out_cols: Range
+) -> torch.Tensor:
+    """Rows/cols `out_rows`, `out_cols` of resizing a whole (in_size) image to out_size, computed
+    from its crop `x` that starts at `start`."""
+    rows = resample_matrix(in_size[0], out_size[0], out_rows, (start[0], start[0] + x.shape[-2]), x.dtype, x.device)
+    cols = resample_matrix(in_size[1], out_size[1], out_cols, (start[1], start[1] + x.shape[-1]), x.dtype, x.device)
+    return apply_matrices(x, rows, cols)
+
+
+def _check_whole(crop: Size, size: Size, start: Size, out: tuple[Range, Range], out_size: Size) -> None:
+    if crop != tuple(size) or tuple(start) != (0, 0) or out != ((0, out_size[0]), (0, out_size[1])):
+        raise ValueError("mode naive (the comparison baseline) processes whole images only, not tiles")

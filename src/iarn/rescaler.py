@@ -1,0 +1,168 @@
+"""The runner: a network ready for inference, with its device, precision, layout and tiling policy.
+
+    import iarn
+    model = iarn.load()                              # a Rescaler: bundled weights, best device
+    lr = model.downscale(hr, scale=2.7)              # (B, 3, H, W) in [0, 1] -> (B, 3, h, w)
+    restored = model.upscale(lr, size=hr.shape[-2:])
+
+The I/O contract (docs/design.md section 1). `downscale` takes HR (B, 3, H, W) float RGB in
+[0, 1] and returns the LR (B, 3, h, w) rounded to 8 bits (a saved PNG holds exactly it);
+`upscale` returns HR clamped to [0, 1] but not rounded. Any 1 <= H/h, W/w <= `max_scale`, the two
+factors independent; any size, odd or tiny. Both are deterministic: the lost detail z is 0
+unless a seed asks for a sample (modes that sample z only). Results are on the model's device.
+
+The network (`IARN`) only knows regions; this class decides whole image or tiles (tiling.py),
+moves pixels to the device, and holds the precision and memory layout chosen by devices.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .devices import resolve_device, resolve_memory_format, resolve_precision
+from .geometry import Size, check_tile, check_upscale_size, target_size
+from .model import IARN, ModelConfig, quantize_8bit
+from .tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, as_float, seeded_noise, tiled_downscale, tiled_upscale
+from .weights import load_weights, resolve_weights
+
+RANGE_SLACK = 1e-3  # how far outside [0, 1] an input may stray (float rounding) before it is refused
+
+
+class Rescaler:
+    """`network` on `device` with its subnets in `precision` (fp32, bf16, fp16 or auto: see
+    devices.py); images of at most `AUTO_TILE_PIXELS` (CPU), or that fit (CUDA), run whole,
+    larger ones in tiles. The network is moved and converted in place."""
+
+    def __init__(self, network: IARN, device: str | torch.device = "auto", precision: str = "fp32") -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        layout = resolve_memory_format(self.device, self.dtype)
+        self.network = network.to(self.device, self.dtype).to(memory_format=layout).eval()
+
+    @property
+    def config(self) -> ModelConfig:
+        return self.network.config
+
+    def __repr__(self) -> str:
+        return f"Rescaler({self.config}, device={self.device}, dtype={self.dtype})"
+
+    # -- tensors ------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def downscale(
+        self,
+        x: torch.Tensor,
+        size: Size | None = None,
+        scale: float | tuple[float, float] | None = None,
+        tile: int | None = None,
+    ) -> torch.Tensor:
+        """HR (B, 3, H, W) in [0, 1] -> LR (B, 3, h, w) in [0, 1], rounded to 8 bits.
+
+        Give `size=(h, w)` or `scale=s` / `(s_h, s_w)`; a scale means
+        `h = max(1, round(H / s_h))` (halves up). Geometry then uses the actual ratio H/h.
+        `tile` forces tiles with cores of about `tile` HR pixels a side.
+        """
+        _check_image(x, "downscale")
+        check_tile(tile)
+        lr_size = target_size((x.shape[-2], x.shape[-1]), self.config.max_scale, size=size, scale=scale)
+        return self.downscale_pixels(x, lr_size, tile)
+
+    @torch.inference_mode()
+    def upscale(
+        self,
+        lr: torch.Tensor,
+        size: Size,
+        tile: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """LR (B, 3, h, w) in [0, 1] -> HR (B, 3, H, W) in [0, 1] with `size=(H, W)`.
+
+        `seed` draws z from N(0, temperature^2) instead of taking it as 0 (reproducible for a
+        fixed seed and tiling). `tile` as in `downscale`.
+        """
+        _check_image(lr, "upscale")
+        hr_size = check_upscale_size(size, (lr.shape[-2], lr.shape[-1]), self.config.max_scale)
+        check_tile(tile)
+        self.check_seed(seed)
+        return self.upscale_pixels(lr, hr_size, tile, seed, temperature)
+
+    # -- checked sizes, uint8 or float pixels on any device --------------------------------
+
+    @torch.inference_mode()
+    def downscale_pixels(self, x: torch.Tensor, lr_size: Size, tile: int | None = None) -> torch.Tensor:
+        """(B, 3, H, W) uint8, or float in [0, 1] -> 8-bit-rounded LR (B, 3, h, w), float."""
+        x = x.to(self.device)
+        hr_size = (x.shape[-2], x.shape[-1])
+        if self.whole_image(hr_size, tile):
+            lr, _ = self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size)
+            return quantize_8bit(lr)
+        return tiled_downscale(self.network, x, lr_size, tile)
+
+    @torch.inference_mode()
+    def upscale_pixels(
+        self, lr: torch.Tensor, hr_size: Size, tile: int | None = None, seed: int | None = None, temperature=1.0
+    ) -> torch.Tensor:
+        """LR (B, 3, h, w) uint8, or float in [0, 1] -> HR (B, 3, H, W) float, clamped to [0, 1]."""
+        lr = lr.to(self.device)
+        lr_size = (lr.shape[-2], lr.shape[-1])
+        if self.whole_image(hr_size, tile):
+            noise = seeded_noise(seed, temperature, (0, 0))
+            hr = self.network.up_region(as_float(lr, self.network.state_dtype), hr_size, lr_size, noise=noise)
+            return hr.clamp_(0, 1)
+        return tiled_upscale(self.network, lr, hr_size, tile, seed, temperature)
+
+    def whole_image(self, hr_size: Size, tile: int | None) -> bool:
+        """The tiling policy: whole images unless `tile` is given or the image is too large
+        (CPU, MPS: over AUTO_TILE_PIXELS HR pixels; CUDA: when CUDA_BYTES_PER_PIXEL per HR pixel
+        exceed half the free memory). Modes that need whole images always get them."""
+        if self.network.mode.whole_images_only:
+            return True
+        if tile is not None:
+            return False
+        pixels = hr_size[0] * hr_size[1]
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return pixels * CUDA_BYTES_PER_PIXEL <= free // 2
+        return pixels <= AUTO_TILE_PIXELS
+
+    def check_seed(self, seed: int | None) -> None:
+        if seed is not None and not self.network.mode.samples_z:
+            raise ValueError(f"sampling z (seed) needs a model in split mode; this one is {self.config.mode}")
+
+
+def load(
+    path_or_name: str | os.PathLike | None = None,
+    device: str | torch.device = "auto",
+    precision: str = "fp32",
+) -> Rescaler:
+    """A ready model from a weight file path or a bundled name (weights.BUNDLED; default: default).
+
+    `precision` (fp32, bf16, fp16 or auto, see devices.py) is the dtype the subnets run in;
+    images and the invertible arithmetic stay float32 (`IARN.state_dtype`). fp32 is exact and
+    reproducible. Raises WeightsError when the weights are missing or do not fit; never falls
+    back to random weights.
+    """
+    device = resolve_device(device)
+    return Rescaler(load_weights(resolve_weights(path_or_name)), device, precision)
+
+
+def _check_image(x, what: str) -> None:
+    """Refuse what would give silently wrong output: not a (B, 3, H, W) float tensor in [0, 1]."""
+    if not isinstance(x, torch.Tensor):
+        hint = "; for numpy arrays and Pillow images use iarn.downscale_image / upscale_image" if x is not None else ""
+        raise TypeError(f"{what} takes a torch tensor (B, 3, H, W), got {type(x).__name__}{hint}")
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{what} takes a (B, 3, H, W) tensor, got shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{what} takes float values in [0, 1], got dtype {x.dtype}")
+    if x.numel() == 0:
+        raise ValueError(f"{what} got an empty tensor of shape {tuple(x.shape)}")
+    low, high = torch.aminmax(x)
+    if not (torch.isfinite(low) and torch.isfinite(high)):
+        raise ValueError(f"{what} got NaN or infinite values")
+    if low < -RANGE_SLACK or high > 1 + RANGE_SLACK:
+        hint = " (it looks like 0..255: divide by 255)" if high > 2 else ""
+        raise ValueError(f"{what} takes values in [0, 1], got {float(low):.4g} to {float(high):.4g}{hint}")
