@@ -583,7 +583,7 @@ def cmd_evaluate(args) -> int:
 
     scales = args.scales or list(PROTOCOL_SCALES)
     if any(value < 1 for scale in scales for value in scale):
-        raise CliError("scales must be at least 1 (a downscale); got " + " ".join(f"{h:g},{w:g}" for h, w in scales))
+        raise CliError("scales must be >= 1 (a downscale); got " + " ".join(f"{h:g},{w:g}" for h, w in scales))
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (checked before hours of evaluation, not after)
