@@ -103,7 +103,12 @@ class Rescaler:
 
     @torch.inference_mode()
     def upscale_pixels(
-        self, lr: torch.Tensor, hr_size: Size, tile: int | None = None, seed: int | None = None, temperature=1.0
+        self,
+        lr: torch.Tensor,
+        hr_size: Size,
+        tile: int | None = None,
+        seed: int | None = None,
+        temperature: float = 1.0,
     ) -> torch.Tensor:
         """LR (B, 3, h, w) uint8, or float in [0, 1] -> HR (B, 3, H, W) float, clamped to [0, 1]."""
         lr = lr.to(self.device)
