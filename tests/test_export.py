@@ -59,9 +59,10 @@ def test_bundled_model_graphs_match_pytorch(bundled_sessions, size, scale):
     assert hr_error < 1 / 255
 
 
-def test_split_mode_and_two_levels_export(tmp_path):
+@pytest.mark.parametrize("config", [{"mode": "split", "levels": 2}, {"mode": "naive"}], ids=["split-2", "naive"])
+def test_other_modes_export(tmp_path, config):
     torch.manual_seed(0)
-    model = IARN(ModelConfig(mode="split", levels=2, blocks_per_level=1, growth=4)).eval()
+    model = IARN(ModelConfig(**config, blocks_per_level=1, growth=4)).eval()
     for parameter in model.parameters():  # not the identity a fresh model is
         parameter.data.add_(torch.randn_like(parameter) * 0.02)
     sessions = _sessions(tmp_path, model)
@@ -81,10 +82,6 @@ def test_cli_export_writes_both_graphs_and_refuses_to_overwrite(tmp_path, capsys
     assert capsys.readouterr().out.strip().startswith("wrote ")  # the exporter's own chatter is kept quiet
     assert main(["export", "--onnx", str(name)]) == 1
     assert "exists" in capsys.readouterr().err
-    naive = tmp_path / "naive.safetensors"
-    iarn.save_weights(IARN(ModelConfig(mode="naive", blocks_per_level=1, growth=4)), naive)
-    assert main(["export", "--onnx", str(tmp_path / "n"), "--weights", str(naive)]) == 1
-    assert "not exported" in capsys.readouterr().err
 
 
 def test_readme_onnx_example_runs_without_iarn(tmp_path):

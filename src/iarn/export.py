@@ -13,7 +13,8 @@ data-dependent:
                     -> hr (1, 3, H, W) float32 in [0, 1]
 
 H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's max_scale is
-the caller's to keep, as for `Rescaler.downscale`. Whole images only (no tiling) and z = 0. Needs
+the caller's to keep, as for `Rescaler.downscale`. Whole images only (no tiling) and z = 0; every
+mode (naive's resizes to and from twice the LR size are in the graphs too). Needs
 the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
 """
 
@@ -99,8 +100,6 @@ def encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: t
 class _Graph(nn.Module):
     def __init__(self, model: IARN) -> None:
         super().__init__()
-        if model.mode.whole_images_only:
-            raise ValueError(f"mode {model.config.mode} (the comparison baseline) is not exported")
         self.model = model
 
     def conds(self, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list[torch.Tensor]:
@@ -128,6 +127,9 @@ class DownscaleGraph(_Graph):
 
     def forward(self, hr: torch.Tensor, lr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr.shape[-2], hr.shape[-1]), (lr_shape.shape[0], lr_shape.shape[1])
+        core_size = self.model.mode.core_size(hr_size, lr_size)  # None: the core runs on the HR itself
+        if core_size is not None:
+            hr, hr_size = _resize(hr, core_size), core_size
         grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
         source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
         lr = _resize(source, lr_size)
@@ -139,8 +141,11 @@ class UpscaleGraph(_Graph):
 
     def forward(self, lr: torch.Tensor, hr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
-        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
-        hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
+        core_size = self.model.mode.core_size(hr_size, lr_size) or hr_size
+        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(core_size)), self.model.levels)
+        hr = self.model.core_inverse(grid, self.conds(core_size, lr_size, lr), core_size)
+        if core_size is not hr_size:
+            hr = _resize(hr, hr_size)
         return hr.clamp(0, 1)
 
 

@@ -46,8 +46,13 @@ class Mode:
     whole_images_only = False  # True: no tiles, no regions (the tiler and the exporter refuse it)
     samples_z = False  # True: upscale can draw the lost detail z from a seed
 
+    def core_size(self, hr_size: Size, lr_size: Size) -> Size | None:
+        """The size the invertible core runs at when it is not the HR's own (None: the HR's)."""
+        return None
+
     def lattice(self, levels: int, hr_length: int) -> tuple[int, int]:
-        """(cell, length): the source's pixels are `cell` HR pixels apart, `length` of them."""
+        """(cell, length): the source's pixels are `cell` HR pixels apart, `length` of them
+        (HR meaning the image the core runs on, `core_size`)."""
         raise NotImplementedError
 
     def lr_source(self, grid: torch.Tensor, levels: int, crop: Size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,15 +146,18 @@ class Naive(Split):
 
     whole_images_only = True
 
+    def core_size(self, hr_size: Size, lr_size: Size) -> Size:
+        return (2 * lr_size[0], 2 * lr_size[1])  # its grid (1 level) is the LR's size: the LR is its first 3 channels
+
     def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
         _check_whole((x.shape[-2], x.shape[-1]), hr_size, hr_start, (lr_rows, lr_cols), lr_size)
-        middle = (2 * lr_size[0], 2 * lr_size[1])
+        middle = self.core_size(hr_size, lr_size)
         grid = net.encode(resize(x, middle), middle, lr_size)
         return self.lr_source(grid, 1, middle)
 
     def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
         _check_whole((lr.shape[-2], lr.shape[-1]), lr_size, lr_start, (hr_rows, hr_cols), hr_size)
-        middle = (2 * lr_size[0], 2 * lr_size[1])
+        middle = self.core_size(hr_size, lr_size)
         return resize(net.decode(self.grid_from_source(lr, 1, noise), middle, lr_size, middle), hr_size)
 
 
