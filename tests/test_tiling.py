@@ -7,7 +7,7 @@ from iarn.tiling import tiled_downscale, tiled_upscale
 from .conftest import small_model
 
 
-@pytest.mark.parametrize("mode", ["cycle", "split"])
+@pytest.mark.parametrize("mode", ["cycle", "split", "naive"])
 @pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=["x2.7", "1.5x3.3"])
 def test_tiled_equals_untiled(mode, scale):
     model = small_model(mode=mode, blocks_per_level=3)
@@ -30,11 +30,15 @@ def test_tiling_accepts_uint8_input_and_matches_float():
     assert up.shape == (1, 3, 90, 70)
 
 
-def test_the_tiler_refuses_whole_image_modes_and_the_runner_keeps_them_whole():
+@pytest.mark.parametrize("scale", [4, (1.2, 3.7)], ids=["x4", "1.2x3.7"])
+def test_naive_mode_tiles_with_the_smallest_tile(scale):
+    """Naive tiles are cut in the middle image (twice the LR size), not the HR."""
     model = small_model(mode="naive")
-    with pytest.raises(ValueError, match="whole images only"):
-        tiled_downscale(model.network, torch.rand(1, 3, 40, 40), (20, 20), tile=64)
-    assert model.whole_image((4000, 4000), tile=64)
+    x = torch.rand(1, 3, 97, 131)
+    lr = model.downscale(x, scale=scale)
+    assert (model.downscale(x, scale=scale, tile=MIN_TILE) - lr).abs().max() <= 1 / 255 + 1e-6
+    up = model.upscale(lr, (97, 131))
+    assert (model.upscale(lr, (97, 131), tile=MIN_TILE) - up).abs().max() <= 1 / 255
 
 
 def test_tiny_images_and_the_smallest_tile():

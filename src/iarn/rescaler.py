@@ -122,9 +122,7 @@ class Rescaler:
     def whole_image(self, hr_size: Size, tile: int | None) -> bool:
         """The tiling policy: whole images unless `tile` is given or the image is too large
         (CPU, MPS: over AUTO_TILE_PIXELS HR pixels; CUDA: when CUDA_BYTES_PER_PIXEL per HR pixel
-        exceed half the free memory). Modes that need whole images always get them."""
-        if self.network.mode.whole_images_only:
-            return True
+        exceed half the free memory)."""
         if tile is not None:
             return False
         pixels = hr_size[0] * hr_size[1]

@@ -18,7 +18,6 @@ import torch
 
 from .geometry import Size
 from .model.network import quantize_8bit
-from .resample import input_span
 
 if TYPE_CHECKING:
     from .model import IARN
@@ -78,25 +77,6 @@ def _plan(length: int, tile_out: int, overlap: int) -> tuple[list[tuple[int, int
     return cores, max(1, min(overlap, shortest // 2))
 
 
-def _hr_crop_for_lr(model: IARN, hr: int, lr: int, out: tuple[int, int], context: int) -> tuple[int, int]:
-    """HR crop [a, b) that LR outputs [out) need, with context, aligned for the Haar."""
-    step, lattice = model.mode.lattice(model.levels, hr)  # the LR is resampled from this lattice
-    a, b = input_span(lattice, lr, *out)
-    cell = model.cell
-    return _align_down(max(0, a * step - context), cell), _align_up(b * step + context, cell, hr)
-
-
-def _lr_crop_for_hr(model: IARN, hr: int, lr: int, rows: tuple[int, int]) -> tuple[int, int]:
-    """LR crop that HR rows [rows) (aligned) read from."""
-    step, lattice = model.mode.lattice(model.levels, hr)
-    return input_span(lr, lattice, rows[0] // step, -(-rows[1] // step))
-
-
-def _check_tileable(model: IARN) -> None:
-    if model.mode.whole_images_only:
-        raise ValueError(f"mode {model.config.mode} processes whole images only, not tiles")
-
-
 def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torch.Tensor:
     """Blend `compute(rows, cols)` (output ranges) over a tile grid into `out` (B, C, n, m)."""
     n, m = out.shape[-2:]
@@ -117,15 +97,14 @@ def tiled_downscale(
 ) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float, in tiles
     with cores of about `tile` (default DEFAULT_TILE) HR pixels a side."""
-    _check_tileable(model)
     hr_size = (x.shape[-2], x.shape[-1])
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
     tile_lr = tuple(max(1, round(tile * lr_size[k] / hr_size[k])) for k in range(2))
 
     def compute(rows, cols, _index):
-        crop_rows = _hr_crop_for_lr(model, hr_size[0], lr_size[0], rows, context)
-        crop_cols = _hr_crop_for_lr(model, hr_size[1], lr_size[1], cols, context)
+        crop_rows = model.mode.hr_span_for_lr(model.levels, hr_size[0], lr_size[0], rows, context)
+        crop_cols = model.mode.hr_span_for_lr(model.levels, hr_size[1], lr_size[1], cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
         lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
         return lr
@@ -146,7 +125,6 @@ def tiled_upscale(
 ) -> torch.Tensor:
     """LR (B, 3, h, w) float in [0, 1] or uint8 -> HR (B, 3, H, W) float, clamped to [0, 1], in
     tiles as in `tiled_downscale`; `seed` samples z per tile (`seeded_noise`)."""
-    _check_tileable(model)
     lr_size = (lr.shape[-2], lr.shape[-1])
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
@@ -155,8 +133,8 @@ def tiled_upscale(
     def compute(rows, cols, index):
         hr_rows = (_align_down(max(0, rows[0] - context), cell), _align_up(rows[1] + context, cell, hr_size[0]))
         hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
-        lr_rows = _lr_crop_for_hr(model, hr_size[0], lr_size[0], hr_rows)
-        lr_cols = _lr_crop_for_hr(model, hr_size[1], lr_size[1], hr_cols)
+        lr_rows = model.mode.lr_span_for_hr(model.levels, hr_size[0], lr_size[0], hr_rows, context)
+        lr_cols = model.mode.lr_span_for_hr(model.levels, hr_size[1], lr_size[1], hr_cols, context)
         crop = as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
         noise = seeded_noise(seed, temperature, index)
         hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise)

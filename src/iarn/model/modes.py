@@ -13,6 +13,7 @@ Shapes: `x` HR (B, 3, Hc, Wc); grid (B, 3 * 4^L, ...); LR (B, 3, h, w); float.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from typing import Protocol
 
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..geometry import Size
-from ..resample import apply_matrices, resample_matrix, resize
+from ..resample import apply_matrices, input_span, resample_matrix, resize
 from .coupling import LR_CHANNELS
 from .haar import haar_forward_levels, haar_inverse_levels, level_size
 
@@ -43,7 +44,6 @@ class Core(Protocol):
 class Mode:
     """A way to form the LR; subclasses set the four hooks, `down` and `up` are shared."""
 
-    whole_images_only = False  # True: no tiles, no regions (the tiler and the exporter refuse it)
     samples_z = False  # True: upscale can draw the lost detail z from a seed
 
     def core_size(self, hr_size: Size, lr_size: Size) -> Size | None:
@@ -54,6 +54,20 @@ class Mode:
         """(cell, length): the source's pixels are `cell` HR pixels apart, `length` of them
         (HR meaning the image the core runs on, `core_size`)."""
         raise NotImplementedError
+
+    def hr_span_for_lr(self, levels: int, hr_length: int, lr_length: int, out: Range, context: int) -> Range:
+        """The HR crop [a, b) that LR outputs [out) are computed from (one axis), with `context`
+        pixels of the image the core runs on as margin for the convolutions."""
+        step, lattice = self.lattice(levels, hr_length)
+        a, b = input_span(lattice, lr_length, *out)
+        cell = 2**levels  # crops start and end on the grid (or at the image's end)
+        return max(0, a * step - context) // cell * cell, min(hr_length, -(-(b * step + context) // cell) * cell)
+
+    def lr_span_for_hr(self, levels: int, hr_length: int, lr_length: int, rows: Range, context: int) -> Range:
+        """The LR crop [a, b) that HR outputs [rows) are computed from (one axis); the tiler has
+        put its context into `rows` already (HR pixels, grid-aligned)."""
+        step, lattice = self.lattice(levels, hr_length)
+        return input_span(lr_length, lattice, rows[0] // step, -(-rows[1] // step))
 
     def lr_source(self, grid: torch.Tensor, levels: int, crop: Size) -> tuple[torch.Tensor, torch.Tensor]:
         """(source the LR is resampled from, by-product the loss keeps small) of a grid."""
@@ -141,24 +155,42 @@ class Split(Mode):
 
 
 class Naive(Split):
-    """The comparison baseline (docs/ablation.md): bicubic-resize the HR to twice the LR size,
-    a fixed x2 split model (1 level), bicubic back on the way up. Whole images only."""
-
-    whole_images_only = True
+    """The comparison baseline (docs/ablation.md): bicubic-resize the HR to twice the LR size
+    (the *middle* image), a fixed x2 split model (1 level) on it, whose grid is the LR's size, so
+    the LR is its first 3 channels; on the way up, the inverse and bicubic back to the HR size.
+    Regions: the middle rows a crop covers are computed from the HR crop, so tiles work too."""
 
     def core_size(self, hr_size: Size, lr_size: Size) -> Size:
-        return (2 * lr_size[0], 2 * lr_size[1])  # its grid (1 level) is the LR's size: the LR is its first 3 channels
+        return (2 * lr_size[0], 2 * lr_size[1])
+
+    def hr_span_for_lr(self, levels, hr_length, lr_length, out, context):
+        middle = 2 * lr_length
+        start, stop = max(0, 2 * out[0] - context), min(middle, 2 * out[1] + context)
+        return input_span(hr_length, middle, start // 2 * 2, -(-stop // 2) * 2)
+
+    def lr_span_for_hr(self, levels, hr_length, lr_length, rows, context):
+        start, stop = input_span(2 * lr_length, hr_length, *rows)  # middle rows the HR rows read
+        return max(0, (start - context) // 2), min(lr_length, -(-(stop + context) // 2))
 
     def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
-        _check_whole((x.shape[-2], x.shape[-1]), hr_size, hr_start, (lr_rows, lr_cols), lr_size)
         middle = self.core_size(hr_size, lr_size)
-        grid = net.encode(resize(x, middle), middle, lr_size)
+        spans = [
+            _covered_pairs(hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k])
+            for k in range(2)
+        ]
+        (rows, cols) = spans
+        middle_crop = resample_crop(x, hr_start, hr_size, middle, rows, cols)
+        grid = net.encode(middle_crop, middle, lr_size, (rows[0], cols[0]))
+        top, left = rows[0] // 2, cols[0] // 2
+        grid = grid[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
         return self.lr_source(grid, 1, middle)
 
     def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
-        _check_whole((lr.shape[-2], lr.shape[-1]), lr_size, lr_start, (hr_rows, hr_cols), hr_size)
         middle = self.core_size(hr_size, lr_size)
-        return resize(net.decode(self.grid_from_source(lr, 1, noise), middle, lr_size, middle), hr_size)
+        start = (2 * lr_start[0], 2 * lr_start[1])
+        crop = (2 * lr.shape[-2], 2 * lr.shape[-1])
+        middle_crop = net.decode(self.grid_from_source(lr, 1, noise), middle, lr_size, crop, start)
+        return resample_crop(middle_crop, start, middle, hr_size, hr_rows, hr_cols)
 
 
 MODES: dict[str, Mode] = {"cycle": Cycle(), "split": Split(), "naive": Naive()}
@@ -174,6 +206,17 @@ def resample_crop(
     return apply_matrices(x, rows, cols)
 
 
-def _check_whole(crop: Size, size: Size, start: Size, out: tuple[Range, Range], out_size: Size) -> None:
-    if crop != tuple(size) or tuple(start) != (0, 0) or out != ((0, out_size[0]), (0, out_size[1])):
-        raise ValueError("mode naive (the comparison baseline) processes whole images only, not tiles")
+def _covered_pairs(hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range) -> Range:
+    """Middle rows [a, b), a and b even, whose bicubic support lies in the HR crop: the most a
+    crop can compute. ValueError when that misses LR rows `lr_span` (2 middle rows each)."""
+
+    def support(row: int) -> Range:
+        return input_span(hr_length, middle, row, row + 1)
+
+    rows = range(middle)
+    first = 0 if crop_start == 0 else bisect_left(rows, crop_start, key=lambda r: support(r)[0])
+    stop = middle if crop_stop == hr_length else bisect_right(rows, crop_stop, key=lambda r: support(r)[1])
+    first, stop = -(-first // 2) * 2, stop // 2 * 2
+    if not (first <= 2 * lr_span[0] and 2 * lr_span[1] <= stop):
+        raise ValueError(f"the crop [{crop_start}, {crop_stop}) does not cover LR rows {lr_span}")
+    return first, stop

@@ -45,7 +45,7 @@ class ModelConfig:
         full-resolution output) or `split` (resample only the first 3 channels of the working
         grid); `naive` is the comparison baseline (docs/ablation.md): bicubic-resize the HR to
         twice the LR size, a fixed x2 split model, bicubic back on the way up. Train it at
-        scale 2 (`scale_min = scale_max = 2`); it processes whole images only.
+        scale 2 (`scale_min = scale_max = 2`).
     levels: Haar levels; blocks_per_level coupling blocks follow each.
     growth: width of the dense subnets. clamp: bound of the coupling's log-scale.
     encoding: `pse` (4 maps), `sincos` (6 maps) or `off` (4 zero maps).
