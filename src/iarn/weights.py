@@ -21,7 +21,7 @@ from .model import IARN, ModelConfig
 
 FORMAT = "iarn"
 FORMAT_VERSION = "1"
-BUNDLED = ("default",)
+BUNDLED = ("default", "naive-x2")
 
 
 class WeightsError(ValueError):
