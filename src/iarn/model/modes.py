@@ -174,11 +174,10 @@ class Naive(Split):
 
     def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
         middle = self.core_size(hr_size, lr_size)
-        spans = [
-            _covered_pairs(hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k])
+        rows, cols = (
+            _middle_span(hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k])
             for k in range(2)
-        ]
-        (rows, cols) = spans
+        )
         middle_crop = resample_crop(x, hr_start, hr_size, middle, rows, cols)
         grid = net.encode(middle_crop, middle, lr_size, (rows[0], cols[0]))
         top, left = rows[0] // 2, cols[0] // 2
@@ -206,7 +205,7 @@ def resample_crop(
     return apply_matrices(x, rows, cols)
 
 
-def _covered_pairs(hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range) -> Range:
+def _middle_span(hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range) -> Range:
     """Middle rows [a, b), a and b even, whose bicubic support lies in the HR crop: the most a
     crop can compute. ValueError when that misses LR rows `lr_span` (2 middle rows each)."""
 
