@@ -53,13 +53,13 @@ from train_throughput import synthetic_images  # noqa: E402  (beside this script
 DEVICE = ROOT / "device"
 SHARED = ROOT.parent / "shared"
 BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
-# the recipe of the training phase: the ablation's lead (docs/ablation.md) and the bundled model's scales
-TRAIN_RECIPE = ["--lr", "5e-4", "--scale-power", "-1"]
+# the recipe of the training phase: the bundled middle model's legs (docs/results.md)
+TRAIN_RECIPE = ["--lr", "3e-4"]
 RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
 BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's
 PHASES = ("throughput", "infer", "profile", "gate", "train", "infer-compiled", "evaluate", "ablation")
-# the open design question of docs/ablation.md: does the naive x2 baseline's lead survive a longer budget?
-ABLATION_ARMS = ["baseline", "naive-x2"]
+# the open design question of docs/ablation.md: the middle mode from scratch against naive x2 at GPU budgets
+ABLATION_ARMS = ["middle", "naive-x2"]
 # fast inference variants measured against the plain bf16 path and the fp32 tiles
 INFER_VARIANTS = [
     "fp32",
@@ -96,8 +96,8 @@ def prepare(budget_mb: float) -> None:
 class Session:
     """Runs the phases against one deadline and records them in session.md."""
 
-    def __init__(self, out: Path, budget_s: float) -> None:
-        self.out = out
+    def __init__(self, out: Path, budget_s: float, slack: float = 1.0) -> None:
+        self.out, self.slack = out, slack  # slack: phase limits stretched (a smoke run on a busy CPU)
         self.deadline = time.monotonic() + budget_s
         self.report = [f"# GPU session, {time.strftime('%Y-%m-%d %H:%M:%S')}", ""]
 
@@ -105,7 +105,7 @@ class Session:
         return self.deadline - time.monotonic()
 
     def phase(self, name: str, command: list[str], limit_s: float, output: Path | None = None) -> str:
-        limit_s = max(10.0, min(limit_s, self.left()))
+        limit_s = max(10.0, min(limit_s * self.slack, self.left()))
         started = time.monotonic()
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(ROOT / "src")}
         print(f"== {name} (limit {limit_s:.0f} s): {' '.join(command)}", flush=True)
@@ -160,7 +160,7 @@ def main() -> None:
     if args.out is None:
         parser.error("--out is required")
     args.out.mkdir(parents=True, exist_ok=True)
-    session = Session(args.out, 60 * (args.budget_minutes or (20.0 if args.smoke else 9.0)))
+    session = Session(args.out, 60 * (args.budget_minutes or (20.0 if args.smoke else 9.0)), 5.0 if args.smoke else 1.0)
     scratch = Path(tempfile.mkdtemp(prefix="iarn-session-"))
     plan = Plan(args, scratch)
     session.report += [f"device {plan.device}; data {args.data} ({len(list(args.data.iterdir()))} files)", ""]

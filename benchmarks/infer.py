@@ -104,7 +104,7 @@ def build_model(weights: str, variant: str, device: str) -> tuple[Rescaler | Onn
             tile = int(option.removeprefix("tile-"))
         elif option == "untiled":
             tile = None
-            model.whole_image = lambda hr_size, tile: True
+            model.whole_image = lambda hr_size, tile, lr_size=None: True
         elif option in ("channels_last", "nchw"):
             layout = torch.channels_last if option == "channels_last" else torch.contiguous_format
             model.network.to(memory_format=layout)

@@ -281,6 +281,26 @@ CASES = [
         "no readable training image",
     ),
     Case("bad config file", {"c.json": b"{not json"}, ["train", "--config", "c.json", "--out", "r"], "not valid JSON"),
+    *(
+        Case(f"--max-minutes {value}", {}, ["train", "--data", "d", "--max-minutes", value], "expected a", code=2)
+        for value in ("inf", "nan", "0", "-1", "x")
+    ),
+    Case("--stop-at 0", {}, ["train", "--data", "d", "--stop-at", "0"], "positive whole number", code=2),
+    *(
+        Case(f"export --onnx {name!r}", {"models/": None}, ["export", "--onnx", name], "give a name for the files")
+        for name in ("models", "models/", ".", "", "x/..")
+    ),
+    Case("export over a folder", {"m-downscale.onnx/": None}, ["export", "--onnx", "m", "--force"], "is a folder"),
+    Case("a recipe flag of nan", {}, ["train", "--data", "d", "--lr", "nan"], "finite number", code=2),
+    Case(
+        "--init-from with another architecture",
+        {"d/a.png": PNG},
+        ["train", "--data", "d", "--init-from", "naive-x2", "--mode", "cycle", "--growth", "16"],
+        "asks for mode 'cycle' (the weights: 'naive')",
+    ),
+    Case(
+        "compare --zoom 100000", {"a.png": PNG}, ["compare", "a.png", "-o", "f.png", "--zoom", "100000"], "1 to", code=2
+    ),
     # evaluation
     Case("no scales", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales"], "expected at least one", code=2),
     Case("old scale list", {"s/a.png": PNG}, ["evaluate", "--data", "s", "--scales", "1.5,2,4"], "SH,SW", code=2),
@@ -296,6 +316,12 @@ CASES = [
         {"s/a.png": PNG},
         ["evaluate", "--data", "s", "--scales", "2", "--json", "no/r.json"],
         "folder does not exist",
+    ),
+    Case(
+        "json over a folder",
+        {"s/a.png": PNG, "r.json/": None},
+        ["evaluate", "--data", "s", "--scales", "2", "--json", "r.json"],
+        "is a folder",
     ),
     Case(
         "scale beyond the model",

@@ -66,3 +66,52 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
     statuses = [line for line in report.splitlines() if line.startswith("## ")]
     assert len(statuses) == 6 and all(": exit 0," in line for line in statuses), statuses
     assert "; training " in report and "--fit-steps" in report
+
+
+def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
+    """benchmarks/middle_init.py: at x2 (the middle is the HR) the new model's LR and restored HR
+    are the naive model's, away from the borders where folding the encoding is not exact; the
+    per-count layout takes its x(2, 4] stages from a shared model."""
+    import importlib.util
+
+    import torch
+
+    from iarn import IARN, ModelConfig
+
+    from .conftest import randomize
+
+    spec = importlib.util.spec_from_file_location("middle_init", BENCHMARKS / "middle_init.py")
+    middle_init = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(middle_init)
+    naive = randomize(IARN(ModelConfig(mode="naive", blocks_per_level=2, growth=8)), std=0.03)
+    middle = middle_init.middle_from_naive(naive).eval()
+    assert middle.config.mode == "middle" and len(middle.stages) == 2
+    x = torch.rand(1, 3, 128, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        lr_naive, _ = naive.down_region(x, (128, 112), (64, 56))
+        lr_middle, _ = middle.down_region(x, (128, 112), (64, 56))
+        inner = (slice(None), slice(None), slice(24, -24), slice(24, -24))  # the subnets' reach from the border
+        assert (lr_naive - lr_middle)[inner].abs().max() < 1e-5
+        assert (lr_naive - lr_middle).abs().max() > 0  # the borders: folding is not exact there
+        up = naive.up_region(lr_naive, (128, 112), (64, 56)), middle.up_region(lr_naive, (128, 112), (64, 56))
+        assert (up[0] - up[1])[inner].abs().max() < 1e-5
+    shared = randomize(IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=2, growth=8)), seed=1)
+    per_count = middle_init.middle_from_naive(naive, per_count=True, steps_from=shared)
+    assert len(per_count.stages) == 3
+    for ours, theirs in ((1, 0), (2, 1)):
+        for a, b in zip(per_count.stages[ours].state_dict().values(), shared.stages[theirs].state_dict().values()):
+            assert torch.equal(a, b)
+
+
+def test_checkpoint_weights_writes_a_loadable_file(tmp_path, photo):
+    from iarn import load_weights
+    from iarn.model import ModelConfig
+    from iarn.train import TrainConfig, train
+
+    Image.fromarray(np.tile(photo, (2, 2, 1))).save(tmp_path / "a.png")
+    model = ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4)
+    cfg = TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "run"), model=model, steps=2, batch_size=2, crop=32)
+    train(cfg, progress=False)
+    script = str(BENCHMARKS / "checkpoint_weights.py")
+    out = run_script(script, str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "w"))
+    assert "step 2" in out and load_weights(tmp_path / "w").config == model

@@ -306,3 +306,125 @@ def test_batch_pipeline_reports_each_failure_once_and_writes_the_rest(capsys):
         "iarn: error: in3: too small",
         "iarn: error: out4: No space left on device",
     ]
+
+
+def test_lr_records_its_model_and_upscale_uses_it(tmp_path, capsys, photo_file, weights_file):
+    """A naive-x2 LR upscaled without flags uses naive-x2 (as `--model naive-x2` does); one
+    upscaled with another model says so on stderr; a hand-edited record is ignored."""
+    from iarn.weights import resolve_weights, weights_id
+
+    lr = tmp_path / "lr.png"
+    assert run(capsys, "downscale", photo_file, "-o", lr, "--scale", "1.5", "--model", "naive-x2")[0] == 0
+    assert Image.open(lr).info["iarn:model"] == weights_id(resolve_weights("naive-x2"))
+    assert weights_id(resolve_weights("naive-x2")).startswith("naive-x2@")
+    code, _, err = run(capsys, "upscale", lr, "-o", tmp_path / "auto.png")
+    assert code == 0 and err == "", err
+    assert run(capsys, "upscale", lr, "-o", tmp_path / "given.png", "--model", "naive-x2")[0] == 0
+    assert np.array_equal(np.array(Image.open(tmp_path / "auto.png")), np.array(Image.open(tmp_path / "given.png")))
+    code, _, err = run(capsys, "upscale", lr, "-o", tmp_path / "other.png", "--weights", weights_file)
+    assert code == 0 and "warning" in err and "naive-x2@" in err and len(err.strip().splitlines()) == 1
+    edited = Image.open(lr)
+    info = __import__("PIL.PngImagePlugin", fromlist=["PngInfo"]).PngInfo()
+    info.add_text("iarn:hr_size", edited.info["iarn:hr_size"])
+    info.add_text("iarn:model", "naive-x2@not-a-hash\n")
+    edited.save(tmp_path / "edited.png", pnginfo=info)
+    code, _, err = run(capsys, "upscale", tmp_path / "edited.png", "-o", tmp_path / "e.png", "--weights", weights_file)
+    assert code == 0 and err == "", err
+
+
+def test_compare_writes_the_name_it_checked(tmp_path, capsys, photo_file, weights_file):
+    """`-o photo.jpg` once wrote photo.png over the input; `-o fig` replaced fig.png unasked."""
+    before = photo_file.read_bytes()
+    out = photo_file.with_suffix(".jpg")
+    code, _, err = run(capsys, "compare", photo_file, "--scale", "2", "-o", out, "--weights", weights_file)
+    assert code == 0, err
+    assert out.exists() and photo_file.read_bytes() == before
+    (tmp_path / "fig.png").write_bytes(b"keep")
+    code, _, err = run(capsys, "compare", photo_file, "--scale", "2", "-o", tmp_path / "fig", "--weights", weights_file)
+    assert_one_line_error(code, err, "fig.png", "exists")
+    assert (tmp_path / "fig.png").read_bytes() == b"keep"
+
+
+def test_final_rename_never_replaces_a_file_that_appeared_meanwhile(tmp_path, monkeypatch, capsys, photo_file):
+    """Two batches into one folder: the check passes for both, the last step must still refuse."""
+    from iarn import files
+    from iarn.imageio import ImageError, picture_from_array, write_picture
+
+    (tmp_path / "o").mkdir()
+    target = tmp_path / "o" / "out.png"
+
+    def write(tmp):
+        Path(tmp).write_bytes(b"new")
+        target.write_bytes(b"theirs")  # another process finished first
+
+    with pytest.raises(FileExistsError):
+        files.atomic_write(target, write, replace=False)
+    assert target.read_bytes() == b"theirs" and list(target.parent.iterdir()) == [target]
+    files.atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"forced"))
+    assert target.read_bytes() == b"forced"
+    with pytest.raises(ImageError, match="exists"):
+        write_picture(picture_from_array(np.zeros((4, 4, 3), np.uint8)), target, overwrite=False)
+    assert target.read_bytes() == b"forced"
+    monkeypatch.setattr(files.os, "link", lambda a, b: (_ for _ in ()).throw(OSError("no links here")))
+    files.atomic_write(target.parent / "fresh.png", lambda tmp: Path(tmp).write_bytes(b"x"), replace=False)
+    assert (target.parent / "fresh.png").read_bytes() == b"x"
+    with pytest.raises(FileExistsError):
+        files.atomic_write(target, lambda tmp: Path(tmp).write_bytes(b"y"), replace=False)
+
+
+def test_roundtrip_save_lands_both_files_or_neither(tmp_path, capsys, monkeypatch, photo_file, weights_file):
+    from iarn import imageio
+
+    real = imageio.write_picture
+
+    def full_disk_on_the_second(picture, path, **kwargs):
+        if Path(path).name == "restored.png":
+            raise imageio.ImageError(f"{path}: cannot write it (No space left on device)")
+        real(picture, path, **kwargs)
+
+    monkeypatch.setattr(imageio, "write_picture", full_disk_on_the_second)
+    save = tmp_path / "out"
+    code, _, err = run(capsys, "roundtrip", photo_file, "--scale", "2", "--save", save, "--weights", weights_file)
+    assert_one_line_error(code, err, "No space left")
+    assert not (save / "lr.png").exists() and not (save / "restored.png").exists()
+
+
+def test_evaluate_runs_a_repeated_scale_once(tmp_path, capsys, photo_file):
+    args = ["evaluate", "--data", photo_file.parent, "--bicubic-only", "--scales", "2", "2", "1.5,4", "2"]
+    code, out, err = run(capsys, *args)
+    assert code == 0, err
+    assert "| set | method | x2 | (1.5, 4) |" in out, out
+    assert out.count("\n| x2 | -") == 1 and out.count("\n| (1.5, 4) | -") == 1, out
+
+
+def test_a_file_name_with_a_newline_is_shown_whole_on_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad\nname.png"
+    bad.write_bytes(b"not an image")
+    code, _, err = run(capsys, "downscale", bad, "-o", tmp_path / "o.png", "--scale", "2")
+    assert_one_line_error(code, err, "bad\\nname.png")
+
+
+def test_info_into_a_closed_pipe_is_quiet(tmp_path):
+    """`iarn info | head -1` with unbuffered output: no "Broken pipe", exit 0."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    script = "import sys; from iarn.cli import entry; sys.argv = ['iarn', 'info']; entry()"
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has left before the first line: every write fails, no race
+    try:
+        writer = subprocess.run([sys.executable, "-c", script], stdout=write_end, stderr=subprocess.PIPE, env=env)
+    finally:
+        os.close(write_end)
+    assert writer.returncode == 0 and b"Broken pipe" not in writer.stderr, writer.stderr
+
+
+def test_a_failed_write_names_the_real_file_not_the_temporary(tmp_path):
+    import errno
+
+    from iarn.files import atomic_write
+
+    def full(tmp):
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+    with pytest.raises(OSError) as raised:
+        atomic_write(tmp_path / "model-downscale.onnx", full)
+    assert raised.value.filename == str(tmp_path / "model-downscale.onnx") and not list(tmp_path.iterdir())

@@ -59,7 +59,15 @@ def test_bundled_model_graphs_match_pytorch(bundled_sessions, size, scale):
     assert hr_error < 1 / 255
 
 
-@pytest.mark.parametrize("config", [{"mode": "split", "levels": 2}, {"mode": "naive"}], ids=["split-2", "naive"])
+MODE_CONFIGS = [
+    {"mode": "split", "levels": 2},
+    {"mode": "naive"},
+    {"mode": "middle", "levels": 2},
+    {"mode": "middle", "levels": 2, "step_stages": "per-count"},
+]
+
+
+@pytest.mark.parametrize("config", MODE_CONFIGS, ids=["split-2", "naive", "middle", "middle-per-count"])
 def test_other_modes_export(tmp_path, config):
     torch.manual_seed(0)
     model = IARN(ModelConfig(**config, blocks_per_level=1, growth=4)).eval()
@@ -67,9 +75,12 @@ def test_other_modes_export(tmp_path, config):
         parameter.data.add_(torch.randn_like(parameter) * 0.02)
     sessions = _sessions(tmp_path, model)
     runner = iarn.Rescaler(model, device="cpu")
-    for size, scale in CASES[:3]:
+    # the middle image's modes: one x2 step or two, the least-squares inverse (x1.3; an odd side
+    # at x2, its worst conditioned case) and bicubic back (naive at x2.5)
+    extra = [((61, 83), 1.3), ((67, 71), 2)] if config["mode"] != "split" else []
+    for size, scale in CASES[:3] + extra:
         lr_share, hr_error = _compare(runner, sessions, size, scale)
-        assert lr_share < 1e-3 and hr_error < 1 / 255
+        assert lr_share < 1e-3 and hr_error < 1 / 255, (size, scale)
 
 
 def test_cli_export_writes_both_graphs_and_refuses_to_overwrite(tmp_path, capsys):

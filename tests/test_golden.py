@@ -18,7 +18,7 @@ import iarn
 from iarn.metrics import psnr_y
 
 GOLDEN = Path(__file__).parent / "golden"
-SCALES = {"x2.7": 2.7, "1.5x3.3": (1.5, 3.3)}
+SCALES = {"x2.7": 2.7, "1.5x3.3": (1.5, 3.3), "x1.5": 1.5}  # a middle model: two x2 steps, and one
 
 
 @pytest.mark.parametrize("name", sorted(SCALES))

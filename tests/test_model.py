@@ -8,6 +8,7 @@ from iarn import IARN, ModelConfig, Rescaler
 from iarn.geometry import size_for_scale, target_size
 from iarn.model import quantize_8bit
 from iarn.model.coupling import CouplingBlock
+from iarn.model.encoding import encoding_channels
 
 from .conftest import randomize, small_model, small_network
 
@@ -18,6 +19,13 @@ VARIANTS = [
     {"mode": "split", "encoding": "off"},
     {"mode": "split", "levels": 2},
     {"mode": "cycle", "levels": 2, "encoding": "sincos"},
+]
+# Modes whose core runs on a middle image, one x2 step at a time (not `encode`/`decode`).
+STEP_VARIANTS = [
+    {"mode": "naive"},
+    {"mode": "middle", "levels": 2},
+    {"mode": "middle", "levels": 2, "encoding": "sincos", "back": "bicubic"},
+    {"mode": "middle", "levels": 2, "step_stages": "per-count"},
 ]
 
 
@@ -49,26 +57,80 @@ def test_core_inverts_on_random_sizes_and_scales(variant):
         assert (model.decode(grid, hr, lr, hr) - x).abs().max() < 1e-5, (hr, lr)
 
 
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+@pytest.mark.parametrize("variant", STEP_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
+def test_every_x2_step_inverts_on_random_sizes(variant):
+    model = small_network(**variant)
+    rng = random.Random(3)
+    for stage in range(len(model.stages)):
+        for _ in range(6):
+            size = (2 * rng.randint(1, 20), 2 * rng.randint(1, 20))
+            x = torch.rand(2, 3, *size)
+            cond = torch.rand(1, encoding_channels(model.config.encoding), size[0] // 2, size[1] // 2)
+            grid = model.encode_step(x, stage, cond)
+            assert grid.shape == (2, 12, size[0] // 2, size[1] // 2)
+            assert (model.decode_step(grid, stage, cond, size) - x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    "hr, lr, steps",
+    [((64, 64), (32, 32), 1), ((64, 64), (43, 43), 1), ((64, 64), (16, 16), 2), ((60, 64), (21, 24), 2),
+     ((30, 64), (20, 16), 2), ((9, 9), (9, 9), 1), ((64, 64), (31, 64), 2), ((9, 9), (2, 2), 2)],
+)
+def test_middle_geometry(hr, lr, steps):
+    """k = ceil(log2 max scale), at least 1, at most `levels`; the middle 2^k x the LR covers the
+    HR on both axes (but where a rounded size gives more than 2^levels: x4.5 from 9 to 2 rows),
+    and the LR is exactly its requested size."""
+    model = small_network(mode="middle", levels=2)
+    assert model.mode.steps(model, hr, lr) == steps
+    middle = model.mode.core_size(model, hr, lr)
+    assert middle == (2**steps * lr[0], 2**steps * lr[1])
+    assert (middle[0] >= hr[0] and middle[1] >= hr[1]) or max(hr[0] / lr[0], hr[1] / lr[1]) > 4
+    out, _ = model.down_region(torch.rand(1, 3, *hr), hr, lr)
+    assert out.shape[-2:] == lr
+    assert model.up_region(out, hr, lr).shape[-2:] == hr
+
+
+def test_middle_needs_a_stage_per_step():
+    with pytest.raises(ValueError, match="2\\^levels >= max_scale"):
+        ModelConfig(mode="middle", levels=1)
+    with pytest.raises(ValueError, match="back must be one of"):
+        ModelConfig(mode="middle", levels=2, back="nearest")
+
+
+def test_middle_round_trip_is_exact_where_the_core_is_the_identity():
+    """Fresh blocks are the identity and z = 0 is then the Haar details' loss only: an image
+    that is constant on 2^k x 2^k cells comes back exactly at x2 and x4 (the middle is the HR)."""
+    model = Rescaler(IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4)), device="cpu")
+    cells = torch.rand(1, 3, 8, 10)
+    for factor in (2, 4):
+        x = cells.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
+        lr = model.network.down_region(x, x.shape[-2:], (8, 10))[0]
+        assert (lr - cells).abs().max() < 1e-6
+        assert (model.network.up_region(lr, x.shape[-2:], (8, 10)) - x).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("variant", VARIANTS + STEP_VARIANTS, ids=lambda v: "-".join(map(str, v.values())))
 def test_forward_inverse_backward_finite_and_every_parameter_learns(variant):
+    """Two geometries, so that a middle model runs one x2 step and two (every stage it has)."""
     model = small_network(**variant).train()
     hr = torch.rand(2, 3, 24, 20)
-    lr_size = (9, 13)
-    lr, aux = model.down_region(hr, (24, 20), lr_size)
-    restored = model.up_region(quantize_8bit(lr), (24, 20), lr_size)
-    assert lr.shape == (2, 3, 9, 13) and restored.shape == hr.shape
-    loss = (restored - hr).abs().mean() + (lr - 0.5).pow(2).mean() + aux.pow(2).mean()
+    loss = 0
+    for lr_size in ((9, 13), (16, 14)):
+        lr, aux = model.down_region(hr, (24, 20), lr_size)
+        restored = model.up_region(quantize_8bit(lr), (24, 20), lr_size)
+        assert lr.shape == (2, 3, *lr_size) and restored.shape == hr.shape
+        loss = loss + (restored - hr).abs().mean() + (lr - 0.5).pow(2).mean() + aux.pow(2).mean()
+        for tensor in (lr, aux, restored):
+            assert torch.isfinite(tensor).all()
     loss.backward()
-    for tensor in (lr, aux, restored):
-        assert torch.isfinite(tensor).all()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
         assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("mode", ["cycle", "split"])
+@pytest.mark.parametrize("mode", ["cycle", "split", "naive", "middle"])
 def test_api_returns_exactly_the_requested_sizes(mode):
-    model = small_model(mode=mode)
+    model = small_model(mode=mode, levels=2 if mode == "middle" else 1)
     rng = random.Random(2)
     for _ in range(15):
         hr, lr = _random_geometry(rng)
@@ -228,3 +290,19 @@ def test_low_precision_subnets_keep_float32_images_and_invert(dtype):
     assert (lr - lr_reference).abs().max() <= 2 / 255
     up = model.upscale(lr, (40, 36))
     assert (up - reference.upscale(lr, (40, 36))).abs().max() < 2 / 255
+
+
+def test_middle_encoding_tells_the_real_geometry():
+    """At IRN's geometries (x2: middle = HR, x4: cells of 4 HR pixels) the phases are 0 and the
+    ratio maps the step's grid over the HR; at x3 (middle 4/3 of the HR) they vary per cell."""
+    from iarn.model.encoding import middle_encoding
+
+    x2 = middle_encoding("pse", (0, 0), (4, 4), 2, (8, 8), (8, 8))
+    assert torch.allclose(x2, torch.tensor([0.5, 0.5, 0, 0])[None, :, None, None].expand(1, 4, 4, 4))
+    x4 = middle_encoding("pse", (0, 0), (2, 2), 4, (8, 8), (8, 8))
+    assert torch.allclose(x4[0, :2], torch.full((2, 2, 2), 0.25)) and x4[0, 2:].abs().max() == 0
+    x3 = middle_encoding("pse", (0, 0), (4, 1), 2, (6, 6), (8, 8))  # cells of 2 middle = 1.5 HR px
+    assert torch.allclose(x3[0, 0], torch.full((4, 1), 8 / 12))
+    assert torch.allclose(x3[0, 2, :, 0], torch.tensor([0.0, -0.5, 0.0, 0.5]))  # e = 1.5 i, half to even
+    shifted = middle_encoding("pse", (2, 0), (2, 1), 2, (6, 6), (8, 8))
+    assert torch.equal(shifted[0, 2], x3[0, 2, 2:])  # a crop's maps are the whole image's rows

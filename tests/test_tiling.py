@@ -7,10 +7,10 @@ from iarn.tiling import tiled_downscale, tiled_upscale
 from .conftest import small_model
 
 
-@pytest.mark.parametrize("mode", ["cycle", "split", "naive"])
-@pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=["x2.7", "1.5x3.3"])
+@pytest.mark.parametrize("mode", ["cycle", "split", "naive", "middle"])
+@pytest.mark.parametrize("scale", [2.7, (1.5, 3.3), 1.7], ids=["x2.7", "1.5x3.3", "x1.7"])
 def test_tiled_equals_untiled(mode, scale):
-    model = small_model(mode=mode, blocks_per_level=3)
+    model = small_model(mode=mode, blocks_per_level=3, levels=2 if mode == "middle" else 1)
     x = torch.rand(1, 3, 203, 271)  # several 64-pixel tiles wide and high
     lr = model.downscale(x, scale=scale)
     lr_tiled = model.downscale(x, scale=scale, tile=64)
@@ -30,10 +30,12 @@ def test_tiling_accepts_uint8_input_and_matches_float():
     assert up.shape == (1, 3, 90, 70)
 
 
-@pytest.mark.parametrize("scale", [4, (1.2, 3.7)], ids=["x4", "1.2x3.7"])
-def test_naive_mode_tiles_with_the_smallest_tile(scale):
-    """Naive tiles are cut in the middle image (twice the LR size), not the HR."""
-    model = small_model(mode="naive")
+@pytest.mark.parametrize("scale", [4, (1.2, 3.7), 1.3], ids=["x4", "1.2x3.7", "x1.3"])
+@pytest.mark.parametrize("mode", ["naive", "middle"])
+def test_middle_image_modes_tile_with_the_smallest_tile(scale, mode):
+    """Naive and middle tiles are cut in the middle image (2^k x the LR size), not the HR; on
+    the way up the least-squares inverse reads only its band of the middle."""
+    model = small_model(mode=mode, levels=2 if mode == "middle" else 1)
     x = torch.rand(1, 3, 97, 131)
     lr = model.downscale(x, scale=scale)
     assert (model.downscale(x, scale=scale, tile=MIN_TILE) - lr).abs().max() <= 1 / 255 + 1e-6

@@ -1,6 +1,5 @@
 """Training smoke tests on small synthetic images: steps, interrupt and resume, DDP, evaluate."""
 
-import itertools
 import json
 import os
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from iarn import load_weights
+from iarn import IARN, load_weights
 from iarn.cli import main
 from iarn.data import CropSampler, sample_scale
 from iarn.model import ModelConfig
@@ -110,14 +109,45 @@ def test_learning_rate_schedules():
     assert learning_rate(step, 60) == pytest.approx(5e-4) and learning_rate(step, 95) == pytest.approx(1.25e-4)
 
 
+class StepClock:
+    """A clock that advances one second per training step, whatever the machine's speed."""
+
+    def __init__(self, monkeypatch) -> None:
+        import iarn.train as train_module
+
+        self.now = 0.0
+        real_step = train_module.train_step
+
+        def step(*args, **kwargs):
+            self.now += 1.0
+            return real_step(*args, **kwargs)
+
+        monkeypatch.setattr(train_module, "train_step", step)
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_fit_steps_sizes_the_schedule_to_the_time(image_folder, tmp_path, monkeypatch):
-    clock = itertools.cycle([100.0, 140.0])  # steps 10 and 50 of the probe: 40 steps in 40 s, 1 step/s
-    monkeypatch.setattr("iarn.train._synced_clock", lambda runtime: next(clock))
+    clock = StepClock(monkeypatch)  # 1 step/s: the probe (steps 10-50) measures exactly that
     cfg = small_config(image_folder, tmp_path / "fit", steps=10_000, checkpoint_every=1000, warmup=100)
-    train(cfg, progress=False, max_minutes=0.5, fit_steps=True)
+    train(cfg, progress=False, max_minutes=2, fit_steps=True, clock=clock)
     saved = torch.load(tmp_path / "fit" / "checkpoint.pt", weights_only=True)
-    # 30 s less 2 % at 1 step/s from step 50, less the real seconds spent before the probe ended
-    assert 50 < saved["train_config"]["steps"] == saved["step"] <= 50 + 29
+    # 120 s less 2 % = 117.6 s; at step 50 (50 s gone) 67.6 s at 1 step/s are left: step 117
+    assert saved["train_config"]["steps"] == saved["step"] == 117
+
+
+def test_the_log_records_the_step_the_clock_stops_at(image_folder, tmp_path, monkeypatch):
+    """A slow machine's run may end by the clock between log steps: its last step is logged."""
+    clock = StepClock(monkeypatch)
+    cfg = small_config(image_folder, tmp_path / "clock", steps=1000, log_every=25)
+    train(cfg, progress=False, max_minutes=0.3, clock=clock)  # 18 s: 19 steps, none a log step
+    records = [json.loads(line) for line in (tmp_path / "clock" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [19]
+    train(small_config(image_folder, tmp_path / "stop", steps=1000, log_every=25), progress=False, stop_at=7)
+    assert [json.loads(line)["step"] for line in (tmp_path / "stop" / "log.jsonl").read_text().splitlines()] == [7]
+
+
     capped = train(
         small_config(image_folder, tmp_path / "cap", steps=55), progress=False, max_minutes=5, fit_steps=True
     )
@@ -308,3 +338,32 @@ def test_adaptive_lr_weight_trains_and_resumes(image_folder, tmp_path):
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
     records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert records[-1]["lambda_lr"] != records[0]["lambda_lr"]
+
+
+def test_resume_cleans_a_killed_runs_leftovers_and_its_log(image_folder, tmp_path):
+    """A SIGKILL during a checkpoint write leaves `.checkpoint.pt.*.tmp`; steps logged after the
+    checkpoint are redone on resume: the log keeps each step once."""
+    run = tmp_path / "run"
+    cfg = small_config(image_folder, run, checkpoint_every=100)
+    train(cfg, progress=False, stop_at=4)
+    (run / ".checkpoint.pt.abc123.tmp").write_bytes(b"x" * 1000)
+    with open(run / "log.jsonl", "a") as log:  # what the killed run had logged past its checkpoint
+        log.write(json.dumps({"step": 5, "loss": 1.0}) + "\n" + '{"step": 6, "lo')
+    train(cfg, resume="auto", progress=False)
+    assert not list(run.glob(".*.tmp"))
+    steps = [json.loads(line)["step"] for line in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_full_disk_while_checkpointing_says_so(tmp_path, monkeypatch):
+    from iarn.train import TrainState, save_checkpoint
+
+    def full(payload, path):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1424")
+
+    monkeypatch.setattr(torch, "save", full)
+    model = IARN(ModelConfig(blocks_per_level=1, growth=4))
+    state = TrainState(model, torch.optim.Adam(model.parameters()), 3, torch.tensor(0.0))
+    with pytest.raises(OSError, match="no space left") as raised:
+        save_checkpoint(state, TrainConfig(), tmp_path / "checkpoint.pt")
+    assert raised.value.filename == str(tmp_path / "checkpoint.pt") and not list(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import NoReturn
@@ -87,6 +88,33 @@ def positive_int(text: str) -> int:
     return value
 
 
+def finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+MAX_ZOOM = 32  # compare's panel enlargement: a 256-pixel crop at x32 is already 8192 pixels a side
+
+
+def zoom_factor(text: str) -> int:
+    value = positive_int(text)
+    if value > MAX_ZOOM:
+        raise argparse.ArgumentTypeError(f"expected a zoom from 1 to {MAX_ZOOM}, got {text!r}")
+    return value
+
+
 def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
@@ -140,7 +168,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several")
     up.add_argument("--size", type=parse_size, metavar="WxH", help="HR size (default: read from the LR PNG)")
     up.add_argument("--ext", default="png", choices=["png", "webp", "jpg", "tif"], help="output format (default png)")
-    up.add_argument("--seed", type=int, help="sample z with this seed (split-mode models) instead of z = 0")
+    up.add_argument("--seed", type=int, help="sample z with this seed (split, naive, middle models) instead of z = 0")
     up.add_argument("--force", action="store_true", help="overwrite existing outputs")
     _png_level(up, PNG_LEVEL_RESTORED)
     _common(up)
@@ -161,7 +189,9 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     compare.add_argument("-o", "--output", required=True, metavar="OUT.png", help="the figure (PNG)")
     compare.add_argument("--crop", type=parse_crop, metavar="X,Y,SIZE", help="HR square (default: most detailed)")
-    compare.add_argument("--zoom", type=positive_int, default=2, help="panel enlargement (default %(default)s)")
+    compare.add_argument(
+        "--zoom", type=zoom_factor, default=2, help=f"panel enlargement, 1 to {MAX_ZOOM} (default %(default)s)"
+    )
     compare.add_argument("--force", action="store_true", help="overwrite an existing output")
     _common(compare)
 
@@ -206,9 +236,9 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", metavar="auto|PATH", help="continue a run: auto = OUT/checkpoint.pt if present")
     parser.add_argument("--init-from", metavar="WEIGHTS", help="start from these weights (fine-tuning)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--stop-at", type=int, metavar="STEP", help="end this invocation at STEP (resumable)")
+    parser.add_argument("--stop-at", type=positive_int, metavar="STEP", help="end this invocation at STEP (resumable)")
     parser.add_argument(
-        "--max-minutes", type=float, metavar="M", help="end this invocation after M minutes (resumable)"
+        "--max-minutes", type=positive_float, metavar="M", help="end this invocation after M minutes (resumable)"
     )
     parser.add_argument(
         "--fit-steps",
@@ -225,7 +255,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
             elif f.type in ("bool", bool):
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
             else:
-                kind = {"int": int, "float": float}.get(str(f.type), str)
+                kind = {"int": int, "float": finite_float}.get(str(f.type), str)
                 parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
 
 
@@ -334,7 +364,10 @@ def _run_batch(jobs, read, compute, write) -> int:
             return call(*arguments)
         except (CliError, ImageError, ValueError, OSError) as error:
             failures += 1
-            reason = f"{error.filename}: {error.strerror}" if isinstance(error, OSError) and error.strerror else error
+            if isinstance(error, OSError) and error.strerror:
+                reason = f"{error.filename}: {error.strerror}".replace("\n", "\\n")
+            else:
+                reason = _one_line(error, escape=isinstance(error, (CliError, ImageError)))
             (print if bar is None else bar.write)(f"iarn: error: {reason}", file=sys.stderr)
             return None
 
@@ -391,9 +424,45 @@ def cmd_downscale(args) -> int:
         lr, hr_size = result
         if target.suffix.lower() != ".png":
             print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
-        write_picture(lr, target, hr_size=hr_size, png_level=args.png_level)
+        write_picture(
+            lr, target, hr_size=hr_size, png_level=args.png_level, model_id=model.model_id, overwrite=args.force
+        )
 
     return 1 if _run_batch(jobs, read, compute, write) else 0
+
+
+def _upscaler_for(args, given_model):
+    """A function (picture, source) -> the runner to upscale it with: the model its file records
+    when no model is given and that one is bundled, else `given_model`, with a warning when the
+    file records another model (its LR then upscales only like a foreign image)."""
+    from .rescaler import load
+    from .weights import bundled_by_id
+
+    given = args.weights or args.model
+    others: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def pick(picture, source: Path):
+        recorded = picture.model_id
+        if recorded is None or given_model.model_id is None:
+            return given_model
+        if recorded.rpartition("@")[2] == given_model.model_id.rpartition("@")[2]:
+            return given_model
+        name = bundled_by_id(recorded) if given is None else None
+        if name is not None:
+            with lock:
+                if name not in others:
+                    others[name] = load(name, device=args.device, precision=args.precision)
+            return others[name]
+        unknown = "" if given is not None else ", which this install does not have"
+        print(
+            f"iarn: warning: {source} was made by {recorded}{unknown}; upscaling it with "
+            f"{given_model.model_id} restores only what an interpolator would (pass the weights that made it)",
+            file=sys.stderr,
+        )
+        return given_model
+
+    return pick
 
 
 def cmd_upscale(args) -> int:
@@ -402,11 +471,12 @@ def cmd_upscale(args) -> int:
     from .imageio import read_picture, write_picture
 
     jobs = _collect(args.inputs, args.output, "." + args.ext)
-    model = _load_model(args)
+    pick = _upscaler_for(args, _load_model(args))
 
     def read(source: Path, target: Path):
         _check_target(source, target, args.force)
         picture = read_picture(source, allow_huge=args.allow_huge)
+        model = pick(picture, source)
         size = args.size or picture.hr_size
         if size is None:
             raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
@@ -418,14 +488,14 @@ def cmd_upscale(args) -> int:
                     f"{source}: the size recorded in the file ({size[1]}x{size[0]}) is not plausible for this "
                     f"{picture.size[1]}x{picture.size[0]} image (edited or damaged?); pass --size WxH"
                 ) from None
-        return picture, size
+        return picture, size, model
 
     def compute(item):
-        picture, size = item
+        picture, size, model = item
         return upscale_picture(model, picture, size, tile=args.tile, seed=args.seed)
 
     def write(hr, target: Path) -> None:
-        write_picture(hr, target, png_level=args.png_level)
+        write_picture(hr, target, png_level=args.png_level, overwrite=args.force)
 
     return 1 if _run_batch(jobs, read, compute, write) else 0
 
@@ -464,9 +534,17 @@ def cmd_roundtrip(args) -> int:
     print(f"  iarn LR against bicubic LR PSNR-Y {lr_fidelity:.2f} dB")
     if args.save:
         folder = Path(args.save)
-        write_picture(picture.with_pixels(lr, None), folder / "lr.png", hr_size=picture.size)
-        write_picture(picture.with_pixels(up, None), folder / "restored.png")
-        print(f"  wrote {folder / 'lr.png'} and {folder / 'restored.png'}")
+        lr_path, restored_path = folder / "lr.png", folder / "restored.png"
+        existed = lr_path.exists()
+        lr_picture = picture.with_pixels(lr, None)
+        write_picture(lr_picture, lr_path, hr_size=picture.size, model_id=model.model_id, overwrite=args.force)
+        try:
+            write_picture(picture.with_pixels(up, None), restored_path, overwrite=args.force)
+        except BaseException:
+            if not existed:  # both or neither: a rerun must not stop on a lone lr.png
+                lr_path.unlink(missing_ok=True)
+            raise
+        print(f"  wrote {lr_path} and {restored_path}")
     return 0
 
 
@@ -479,16 +557,18 @@ def cmd_compare(args) -> int:
 
     path = Path(args.input) if args.input else sample_image_path()
     target = Path(args.output)
+    if not target.suffix:
+        target = target.with_suffix(".png")  # the name checked is the name written
     _check_target(path, target, args.force)
     model = _load_model(args)
     picture = read_picture(path, allow_huge=args.allow_huge)
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
     figure, scores = comparison(model, picture.rgb, lr_size, args.crop, args.zoom, args.tile)
-    write_picture(picture_from_array(np.asarray(figure)), target.with_suffix(".png"))
+    write_picture(picture_from_array(np.asarray(figure)), target, overwrite=args.force)
     print(
         f"{path.name} -> {lr_size[1]}x{lr_size[0]}: PSNR-Y iarn {scores['iarn']:.2f} dB, bicubic "
         f"{scores['bicubic']:.2f} dB (crop: {scores['iarn_crop']:.2f} / {scores['bicubic_crop']:.2f}); "
-        f"wrote {target.with_suffix('.png')}"
+        f"wrote {target}"
     )
     return 0
 
@@ -526,10 +606,19 @@ def cmd_export(args) -> int:
     from .export import export_onnx, onnx_paths
     from .weights import load_weights, resolve_weights
 
-    down, up = onnx_paths(args.onnx)
+    name = args.onnx
+    stem = Path(name[: -len(".onnx")] if name.lower().endswith(".onnx") else name)
+    if not stem.name or stem.name in (".", "..") or name.endswith(("/", os.sep)) or stem.is_dir():
+        raise CliError(f"--onnx {name!r}: give a name for the files (NAME -> NAME-downscale.onnx), not a folder")
+    down, up = onnx_paths(name)
     for path in (down, up):
+        if path.is_dir():
+            raise CliError(f"{path}: is a folder")
         if path.exists() and not args.force:
             raise CliError(f"{path} exists (use --force to overwrite)")
+        folder = path.resolve().parent
+        if folder.is_dir() and not os.access(folder, os.W_OK):  # checked before a 26 s export, not after
+            raise CliError(f"{path}: its folder is not writable")
     export_onnx(load_weights(resolve_weights(args.weights or args.model)), down, up)
     print(f"wrote {down} (hr, lr_shape -> lr) and {up} (lr, hr_shape -> hr)")
     return 0
@@ -554,6 +643,8 @@ def cmd_train(args) -> int:
         given = {**base, **given, **({"model": model} if model else {})}
         if "data" in given:
             given["data"] = tuple(given["data"])
+    if args.init_from and given.get("model"):
+        _check_init_from(args.init_from, given["model"])
     out = Path(given.get("out", TrainConfig.out))
     resume = args.resume
     if resume == "auto":
@@ -576,12 +667,31 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _check_init_from(path: str, asked: dict) -> None:
+    """Refuse model flags (or a --config model) that differ from the --init-from weights': the
+    run would otherwise silently train the weights' architecture instead."""
+    from .model import ModelConfig
+    from .weights import read_metadata, resolve_weights
+
+    metadata = read_metadata(resolve_weights(path))
+    if "config" not in metadata:
+        return  # not an iarn weight file: loading it says so
+    weights = ModelConfig.from_dict(json.loads(metadata["config"]))
+    differ = {k: v for k, v in asked.items() if getattr(weights, k) != v}
+    conflicts = [f"{k} {v!r} (the weights: {getattr(weights, k)!r})" for k, v in differ.items()]
+    if conflicts:
+        raise CliError(
+            f"--init-from {path} fine-tunes its own architecture, but the run asks for {', '.join(conflicts)}; "
+            "drop those model settings, or start a new model without --init-from"
+        )
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import PROTOCOL_SCALES, evaluate, markdown_table, plot, write_json
     from .files import atomic_write
     from .geometry import check_scale
 
-    scales = args.scales or list(PROTOCOL_SCALES)
+    scales = list(dict.fromkeys(args.scales or PROTOCOL_SCALES))  # each scale once, in the order given
     if any(value < 1 for scale in scales for value in scale):
         raise CliError("scales must be >= 1 (a downscale); got " + " ".join(f"{h:g},{w:g}" for h, w in scales))
     if args.plot:
@@ -595,6 +705,10 @@ def cmd_evaluate(args) -> int:
     for output in (args.json, args.markdown, args.plot):
         if output and not Path(output).resolve().parent.is_dir():
             raise CliError(f"{output}: its folder does not exist")
+        if output and Path(output).is_dir():
+            raise CliError(f"{output}: is a folder")
+        if output and not os.access(Path(output).resolve().parent, os.W_OK):  # before the evaluation, not after
+            raise CliError(f"{output}: its folder is not writable")
     model = None if args.bicubic_only else _load_model(args)
     if model is not None:
         for scale in scales:
@@ -636,9 +750,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return COMMANDS[args.command](args)
-    except (CliError, ImageError, WeightsError, ValueError, TypeError, FileNotFoundError) as error:
+    except (CliError, ImageError, WeightsError) as error:  # ours: a file name may hold a newline
+        print(f"iarn: error: {_one_line(error, escape=True)}", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"iarn: error: {_one_line(error)}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # the reader of stdout left (`iarn info | head -1`): entry() ends quietly
+        raise
     except OSError as error:  # a disk or permission problem outside image reading and writing
         where = f"{error.filename}: " if error.filename else ""
         print(f"iarn: error: {where}{error.strerror or _one_line(error)}", file=sys.stderr)
@@ -657,8 +776,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _one_line(error: BaseException) -> str:
+def _one_line(error: BaseException, escape: bool = False) -> str:
+    """The message on one line: its first line, or (`escape`, iarn's own messages, where a
+    line break can only come from a file name) all of it with line breaks shown as \\n."""
     text = str(error).strip() or type(error).__name__
+    if escape:
+        return text.replace("\r", "\\r").replace("\n", "\\n")
     return text.splitlines()[0]
 
 

@@ -14,8 +14,12 @@ data-dependent:
 
 H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's max_scale is
 the caller's to keep, as for `Rescaler.downscale`. Whole images only (no tiling) and z = 0; every
-mode (naive's resizes to and from twice the LR size are in the graphs too). Needs
-the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
+mode. The modes on a middle image (`naive`, `middle`) have their resizes in the graphs too; the
+least-squares inverse back to the HR is computed in the graph by Newton-Schulz iterations
+(`pinv_matrix_graph`, float64), and since the number of x2 steps of `middle` depends on the
+sizes, which a graph cannot branch on, its graphs compute every step count the model has and
+select the one the sizes ask for (twice the work at most). Needs the `onnx` extra (onnx,
+onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
 """
 
 from __future__ import annotations
@@ -56,6 +60,10 @@ def _cubic(t: torch.Tensor) -> torch.Tensor:
 def resample_matrix_graph(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
     """The (out_size, in_size) antialiased bicubic matrix of `resample.resample_matrix`, from
     tensor arithmetic alone (dense: every weight outside the kernel's support is 0), float32."""
+    return _resample_matrix64(in_size, out_size, like).to(torch.float32)
+
+
+def _resample_matrix64(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
     scale = _as_float64(in_size, like) / _as_float64(out_size, like)
     support = torch.where(scale >= 1, 2 * scale, torch.full_like(scale, 2.0))
     inverse = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
@@ -64,27 +72,53 @@ def resample_matrix_graph(in_size, out_size, like: torch.Tensor) -> torch.Tensor
     offset = index[None, :] - center[:, None] + 0.5
     weights = torch.where(offset.abs() < support, _cubic(offset * inverse), torch.zeros_like(offset))
     total = weights.sum(dim=1, keepdim=True)
-    weights = weights / torch.where(total == 0, torch.ones_like(total), total)
-    return weights.to(torch.float32)
+    return weights / torch.where(total == 0, torch.ones_like(total), total)
+
+
+PINV_ITERATIONS = 16  # Newton-Schulz steps: enough for cond(U) up to about 20 (the worst is ~15)
+
+
+def pinv_matrix_graph(small, large, like: torch.Tensor) -> torch.Tensor:
+    """`resample.pinv_matrix(small, large)`, the least-squares inverse of the bicubic upsampling,
+    by Newton-Schulz iterations `X <- 2X - X U X` from `X = U^T / (|U|_1 |U|_inf)` (they converge
+    to the pseudo-inverse of any matrix, quadratically once close), in float64; float32 out."""
+    upsample = _resample_matrix64(small, large, like)
+    step = 1 / (upsample.abs().sum(0).max() * upsample.abs().sum(1).max())
+    inverse = upsample.t() * step
+    for _ in range(PINV_ITERATIONS):
+        inverse = 2 * inverse - inverse @ (upsample @ inverse)
+    return inverse.to(torch.float32)
+
+
+def middle_encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, middle: tuple, like: torch.Tensor):
+    """`model.encoding.middle_encoding` for a whole image, from tensor arithmetic."""
+    ratios = [_as_float64(middle[k], like) / (cell * _as_float64(hr_size[k], like)) for k in range(2)]
+    steps = [_as_float64(hr_size[k], like) / _as_float64(middle[k], like) for k in range(2)]
+    return _maps(kind, grid, ratios, [lambda index, k=k: index * cell * steps[k] for k in range(2)], like)
 
 
 def encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: tuple, like: torch.Tensor):
     """`model.encoding.scale_encoding` for a whole image, from tensor arithmetic: (1, K, gh, gw)."""
+    ratios = [_as_float64(lr_size[k], like) / _as_float64(hr_size[k], like) for k in range(2)]
+    centres = [lambda index, k=k: (index + 0.5) * cell * ratios[k] - 0.5 for k in range(2)]
+    return _maps(kind, grid, ratios, centres, like)
+
+
+def _maps(kind: str, grid: tuple, ratios: list, positions: list, like: torch.Tensor) -> torch.Tensor:
+    """Ratio maps and the phases of `positions(index)` per axis, as `model.encoding._encoding`."""
     rows, cols = grid
     device = like.device
     zeros = torch.zeros((1, 1, rows, cols), dtype=torch.float32, device=device)
     if kind == "off":
         return zeros.expand(1, 4, rows, cols)
-    inv_h = _as_float64(lr_size[0], like) / _as_float64(hr_size[0], like)
-    inv_w = _as_float64(lr_size[1], like) / _as_float64(hr_size[1], like)
 
-    def phase(count, ratio):
-        u = (torch.arange(count, dtype=torch.float64, device=device) + 0.5) * cell * ratio - 0.5
+    def phase(count, axis):
+        u = positions[axis](torch.arange(count, dtype=torch.float64, device=device))
         return u - torch.round(u)
 
-    delta_h = phase(rows, inv_h).to(torch.float32)[None, None, :, None] + zeros
-    delta_w = phase(cols, inv_w).to(torch.float32)[None, None, None, :] + zeros
-    maps = [inv_h.to(torch.float32) + zeros, inv_w.to(torch.float32) + zeros]
+    delta_h = phase(rows, 0).to(torch.float32)[None, None, :, None] + zeros
+    delta_w = phase(cols, 1).to(torch.float32)[None, None, None, :] + zeros
+    maps = [ratios[0].to(torch.float32) + zeros, ratios[1].to(torch.float32) + zeros]
     if kind == "pse":
         maps += [delta_h, delta_w]
     elif kind == "scale":
@@ -122,30 +156,101 @@ def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
     return torch.matmul(rows, torch.matmul(x, cols.t()))
 
 
-class DownscaleGraph(_Graph):
+def _steps_graph(model: IARN, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list:
+    """[(k, selected)] for each x2 step count k a middle-image mode may take; `selected` is a
+    scalar bool tensor, true for the k that `Naive.steps` / `Middle.steps` would pick."""
+    if model.config.mode != "middle":
+        return [(1, None)]
+    fits = [
+        (2**k * _as_float64(lr_size[0], like) >= _as_float64(hr_size[0], like))
+        & (2**k * _as_float64(lr_size[1], like) >= _as_float64(hr_size[1], like))
+        for k in range(1, model.levels)
+    ]
+    choices = []
+    for k in range(1, model.levels + 1):
+        earlier = [~fit for fit in fits[: k - 1]]
+        now = fits[k - 1] if k < model.levels else None
+        terms = earlier + ([now] if now is not None else [])
+        selected = terms[0] if terms else None
+        for term in terms[1:]:
+            selected = selected & term
+        choices.append((k, selected))
+    return choices
+
+
+def _select(choices: list) -> torch.Tensor:
+    """The output of the selected choice of [(output, selected)]: one tensor, no branching."""
+    out = choices[-1][0]
+    for value, selected in reversed(choices[:-1]):
+        out = torch.where(selected, value, out)
+    return out
+
+
+class _MiddleGraph(_Graph):
+    """The middle-image modes' steps (model/modes.py `Naive`, `Middle`) for whole images."""
+
+    def condition(self, level: int, grid: tuple, hr_size: tuple, middle: tuple, lr_size: tuple, like):
+        kind = self.model.config.encoding
+        if self.model.config.mode == "middle":
+            return middle_encoding_graph(kind, grid, 2**level, hr_size, middle, like)
+        return encoding_graph(kind, grid, 2**level, middle, lr_size, like)
+
+    def down(self, hr: torch.Tensor, lr_size: tuple, steps: int) -> torch.Tensor:
+        hr_size = (hr.shape[-2], hr.shape[-1])
+        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
+        y = _resize(hr, middle)
+        for level in range(1, steps + 1):
+            grid = (y.shape[-2] // 2, y.shape[-1] // 2)
+            cond = self.condition(level, grid, hr_size, middle, lr_size, hr)
+            stage = self.model.mode.stage_index(self.model.config, steps, level)
+            y = self.model.encode_step(y, stage, cond)[:, :3]
+        return y
+
+    def up(self, lr: torch.Tensor, hr_size: tuple, steps: int) -> torch.Tensor:
+        lr_size = (lr.shape[-2], lr.shape[-1])
+        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
+        y = lr
+        for level in range(steps, 0, -1):
+            cond = self.condition(level, (y.shape[-2], y.shape[-1]), hr_size, middle, lr_size, lr)
+            z = torch.zeros_like(y[:, :1]).expand(-1, 9, -1, -1)
+            stage = self.model.mode.stage_index(self.model.config, steps, level)
+            y = self.model.decode_step(torch.cat([y, z], dim=1), stage, cond, (2 * y.shape[-2], 2 * y.shape[-1]))
+        matrices = []
+        for k in range(2):
+            bicubic = resample_matrix_graph(middle[k], hr_size[k], lr)
+            if self.model.config.back != "exact":
+                matrices.append(bicubic)
+                continue
+            exact = _as_float64(middle[k], lr) >= _as_float64(hr_size[k], lr)
+            matrices.append(torch.where(exact, pinv_matrix_graph(hr_size[k], middle[k], lr), bicubic))
+        return torch.matmul(matrices[0], torch.matmul(y, matrices[1].t()))
+
+
+class DownscaleGraph(_MiddleGraph):
     """(hr, lr_shape) -> lr: `Rescaler.downscale` of a whole image, geometry computed in the graph."""
 
     def forward(self, hr: torch.Tensor, lr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr.shape[-2], hr.shape[-1]), (lr_shape.shape[0], lr_shape.shape[1])
-        core_size = self.model.mode.core_size(hr_size, lr_size)  # None: the core runs on the HR itself
-        if core_size is not None:
-            hr, hr_size = _resize(hr, core_size), core_size
+        if self.model.config.mode in ("naive", "middle"):
+            choices = _steps_graph(self.model, hr_size, lr_size, hr)
+            lr = _select([(self.down(hr, lr_size, k), selected) for k, selected in choices])
+            return torch.round(lr.clamp(0, 1) * 255) / 255
         grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
         source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
         lr = _resize(source, lr_size)
         return torch.round(lr.clamp(0, 1) * 255) / 255
 
 
-class UpscaleGraph(_Graph):
+class UpscaleGraph(_MiddleGraph):
     """(lr, hr_shape) -> hr: `Rescaler.upscale` of a whole image with z = 0."""
 
     def forward(self, lr: torch.Tensor, hr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
-        core_size = self.model.mode.core_size(hr_size, lr_size) or hr_size
-        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(core_size)), self.model.levels)
-        hr = self.model.core_inverse(grid, self.conds(core_size, lr_size, lr), core_size)
-        if core_size is not hr_size:
-            hr = _resize(hr, hr_size)
+        if self.model.config.mode in ("naive", "middle"):
+            choices = _steps_graph(self.model, hr_size, lr_size, lr)
+            return _select([(self.up(lr, hr_size, k), selected) for k, selected in choices]).clamp(0, 1)
+        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
+        hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
         return hr.clamp(0, 1)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import tempfile
@@ -35,25 +36,55 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], replace: bool = True) -> None:
     """Call `write(temporary_path)`, then rename the temporary file onto `path`.
 
     The temporary file sits in the target folder (hidden, `.NAME.*.tmp`) and is removed if
     `write` fails or the process is interrupted, so `path` is either untouched or complete.
     The result gets the mode of the file it replaces, or 0666 less the umask for a new file
-    (as `open` would give), not mkstemp's 0600.
+    (as `open` would give), not mkstemp's 0600. `replace=False`: the last step refuses to
+    replace a file that exists by then (TargetExists), even one that appeared after any
+    earlier check (another process writing the same name): a hard link, which fails if the
+    name exists, where the file system has them.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except OSError as error:  # name the file the user asked for, not the hidden temporary one
+            if error.errno is None or error.filename not in (tmp, Path(tmp)):
+                raise
+            raise OSError(error.errno, error.strerror, str(path)) from None
         try:
             mode = stat.S_IMODE(os.stat(path).st_mode)
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _place_new(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class TargetExists(FileExistsError):
+    """The file `atomic_write(..., replace=False)` was to create exists by the time it is done."""
+
+
+def _place_new(tmp: str, path: Path) -> None:
+    """Give the finished `tmp` the name `path` only if no file has it (TargetExists)."""
+    try:
+        os.link(tmp, path)  # atomic, and fails if `path` exists
+    except FileExistsError:
+        raise TargetExists(errno.EEXIST, "exists", str(path)) from None
+    except OSError:  # no hard links here (some network and FUSE file systems): exclusive create
+        try:
+            with open(path, "xb"):
+                pass
+        except FileExistsError:
+            raise TargetExists(errno.EEXIST, "exists", str(path)) from None
+        os.replace(tmp, path)

@@ -31,9 +31,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
-from .files import PNG_LEVEL, atomic_write
+from .files import PNG_LEVEL, TargetExists, atomic_write
 
 HR_SIZE_KEY = "iarn:hr_size"
+MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.weights_id)
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -50,13 +51,14 @@ class Picture:
     grayscale: bool = False
     icc_profile: bytes | None = None
     hr_size: tuple[int, int] | None = None  # (H, W) recorded in an iarn LR file
+    model_id: str | None = None  # the model recorded in an iarn LR file (NAME@HASH)
 
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.shape[0], self.rgb.shape[1]
 
     def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> Picture:
-        return replace(self, rgb=rgb, alpha=alpha, hr_size=None)
+        return replace(self, rgb=rgb, alpha=alpha, hr_size=None, model_id=None)
 
 
 @contextlib.contextmanager
@@ -90,6 +92,15 @@ def _parse_hr_size(text: str | None) -> tuple[int, int] | None:
     return (height, width) if width > 0 and height > 0 else None
 
 
+def _parse_model_id(text: str | None) -> str | None:
+    """NAME@HASH (12 hex digits), or None for anything else (a damaged or edited chunk)."""
+    if not text or len(text) > 200 or "@" not in text:
+        return None
+    name, _, digest = text.rpartition("@")
+    ok = name and name.isprintable() and len(digest) == 12 and all(c in "0123456789abcdef" for c in digest)
+    return text if ok else None
+
+
 def _is_16_bit_png(image: Image.Image) -> bool:
     # Pillow opens a 16-bit RGB(A) PNG as 8-bit "RGB" without a word; the decoder's raw mode tells
     return "16" in str(getattr(getattr(image, "png", None), "im_rawmode", ""))
@@ -104,6 +115,7 @@ def picture_from_pil(image: Image.Image) -> Picture:
         raise ImageError(f"animated image ({frames} frames): iarn rescales still images; save one frame first")
     icc = image.info.get("icc_profile") or None
     hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
+    model_id = _parse_model_id(image.info.get(MODEL_KEY)) if hr_size is not None else None
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has no pixels")
@@ -116,7 +128,7 @@ def picture_from_pil(image: Image.Image) -> Picture:
         rgb, alpha = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
     else:
         rgb, alpha = np.array(image if image.mode == "RGB" else image.convert("RGB")), None
-    return Picture(rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size)
+    return Picture(rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size, model_id=model_id)
 
 
 def picture_from_array(array: np.ndarray) -> Picture:
@@ -179,10 +191,16 @@ def to_pil(picture: Picture) -> Image.Image:
 
 
 def write_picture(
-    picture: Picture, path: str | os.PathLike, hr_size: tuple[int, int] | None = None, png_level: int = PNG_LEVEL
+    picture: Picture,
+    path: str | os.PathLike,
+    hr_size: tuple[int, int] | None = None,
+    png_level: int = PNG_LEVEL,
+    model_id: str | None = None,
+    overwrite: bool = True,
 ) -> None:
-    """Write atomically; `hr_size` (H, W) is recorded in a PNG text chunk; `png_level` is
-    zlib's level (0-9) for PNG."""
+    """Write atomically; `hr_size` (H, W) and `model_id` (NAME@HASH of the weights that made an
+    LR) are recorded in PNG text chunks; `png_level` is zlib's level (0-9) for PNG.
+    `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends."""
     path = Path(path)
     image = to_pil(picture)
     suffix = path.suffix.lower()
@@ -196,6 +214,8 @@ def write_picture(
         info = PngImagePlugin.PngInfo()
         if hr_size is not None:
             info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
+        if model_id is not None:
+            info.add_text(MODEL_KEY, model_id)
         options["pnginfo"] = info
         options["compress_level"] = png_level
     elif suffix in (".jpg", ".jpeg"):
@@ -206,7 +226,9 @@ def write_picture(
         options["lossless"] = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **options))
+        atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **options), replace=overwrite)
+    except TargetExists:
+        raise ImageError(f"{path}: exists (written by another process meanwhile?); pass --force to overwrite") from None
     except (KeyError, OSError, ValueError) as error:
         reason = error.strerror if isinstance(error, OSError) and error.strerror else str(error).splitlines()[0]
         raise ImageError(f"{path}: cannot write it ({reason})") from None

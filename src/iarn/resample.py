@@ -106,3 +106,103 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     rows = resample_matrix(height, size[0], dtype=x.dtype, device=x.device)
     cols = resample_matrix(width, size[1], dtype=x.dtype, device=x.device)
     return apply_matrices(x, rows, cols)
+
+
+# -- the exact inverse of an upsampling ---------------------------------------------------------
+#
+# An upsampling by the reference bicubic (out >= in) is an (out, in) matrix U of full column rank,
+# so the image it came from is recovered exactly by the least-squares inverse P = G^-1 U^T with
+# G = U^T U, which also projects away whatever an upsampled image cannot contain. P is dense in
+# principle, but G is banded and its inverse decays fast away from the diagonal, so each chunk of
+# rows is solved with the principal window of G that reaches PINV_MARGIN rows beyond it (an
+# SPD system, no worse conditioned than G) and entries below PINV_TOLERANCE of a row's largest
+# are dropped: a banded matrix that matches the dense inverse to about 1e-9
+# (tests/test_resample.py), whose rows a tile can take as it takes the bicubic ones. Ratios close
+# to 1 (an odd side and one more: cond(U) 10-15) decay slowest, hence the wider margin there.
+
+PINV_CHUNK = 128
+PINV_TOLERANCE = 1e-10
+
+
+def _pinv_margin(small: int, large: int) -> int:
+    return 64 if large >= 1.1 * small else 512
+
+
+@lru_cache(maxsize=32)
+def _pinv_band(small: int, large: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(first column, weights (small, width)) of the banded least-squares inverse of the
+    (large, small) upsampling matrix, float64."""
+    if large < small:
+        raise ValueError(f"the least-squares inverse needs an upsampling, got {small} -> {large}")
+    if large == small:
+        return torch.arange(small), torch.ones(small, 1, dtype=torch.float64)
+    first, size, _ = _windows(small, large, 0, large)
+    last = first + size
+    margin = _pinv_margin(small, large)
+    starts, blocks = [], []
+    for a in range(0, small, PINV_CHUNK):
+        b = min(small, a + PINV_CHUNK)
+        lo, hi = max(0, a - margin), min(small, b + margin)
+        touching = torch.nonzero((last > lo) & (first < hi)).flatten()
+        j0, j1 = int(touching.min()), int(touching.max()) + 1
+        upsample = _build_matrix(small, large, (j0, j1), (lo, hi))  # every row that reads [lo, hi)
+        gram = upsample.t() @ upsample
+        unit = torch.zeros(hi - lo, b - a, dtype=torch.float64)
+        unit[torch.arange(a - lo, b - lo), torch.arange(b - a)] = 1
+        inverse_rows = torch.cholesky_solve(unit, torch.linalg.cholesky(gram))  # G^-1's columns = its rows
+        block = inverse_rows.t() @ upsample.t()
+        significant = block.abs() > PINV_TOLERANCE * block.abs().amax(dim=1, keepdim=True)
+        index = torch.arange(block.shape[1])
+        k0 = torch.where(significant, index, block.shape[1]).amin(dim=1)
+        k1 = torch.where(significant, index, -1).amax(dim=1) + 1
+        starts.append((j0 + k0, k1 - k0))
+        blocks.append((j0, k0, block))
+    width = max(int(count.max()) for _, count in starts)
+    first_col = torch.cat([start for start, _ in starts]).clamp(max=large - width)
+    weights = torch.zeros(small, width, dtype=torch.float64)
+    row = 0
+    for (j0, k0, block), (_, count) in zip(blocks, starts):
+        n = block.shape[0]
+        cols = first_col[row : row + n, None] - j0 + torch.arange(width)[None, :]  # block columns
+        inside = (cols >= k0[:, None]) & (cols < (k0 + count)[:, None])
+        weights[row : row + n] = torch.where(inside, block.gather(1, cols.clamp(0, block.shape[1] - 1)), 0)
+        row += n
+    return first_col, weights
+
+
+def pinv_span(small: int, large: int, out_start: int, out_stop: int) -> tuple[int, int]:
+    """Columns [a, b) of the upsampled side that rows [out_start, out_stop) of its least-squares
+    inverse read (the analogue of `input_span`)."""
+    starts, weights = _pinv_band(small, large)
+    return int(starts[out_start:out_stop].min()), int(starts[out_start:out_stop].max()) + weights.shape[1]
+
+
+def pinv_matrix(
+    small: int,
+    large: int,
+    out_range: tuple[int, int] | None = None,
+    in_range: tuple[int, int] | None = None,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """Rows `out_range` and columns `in_range` of the (small, large) least-squares inverse of the
+    (large, small) bicubic upsampling; as `resample_matrix` (columns outside `in_range` dropped:
+    `pinv_span` says which a row reads)."""
+    o0, o1 = out_range or (0, small)
+    i0, i1 = in_range or (0, large)
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    return _cached_pinv(small, large, (o0, o1), (i0, i1), dtype, device)
+
+
+@lru_cache(maxsize=64)
+def _cached_pinv(small, large, out_range, in_range, dtype, device) -> torch.Tensor:
+    (o0, o1), (i0, i1) = out_range, in_range
+    starts, weights = _pinv_band(small, large)
+    starts, weights = starts[o0:o1], weights[o0:o1]
+    cols = starts[:, None] + torch.arange(weights.shape[1])[None, :] - i0
+    keep = (cols >= 0) & (cols < i1 - i0) & (weights != 0)
+    rows = torch.arange(o1 - o0)[:, None].expand_as(cols)
+    matrix = torch.zeros(o1 - o0, i1 - i0, dtype=torch.float64)
+    matrix.index_put_((rows[keep], cols[keep]), weights[keep], accumulate=True)
+    with torch.inference_mode(False):
+        return matrix.to(dtype=dtype, device=device)

@@ -25,7 +25,7 @@ from .devices import resolve_device, resolve_memory_format, resolve_precision
 from .geometry import Size, check_tile, check_upscale_size, target_size
 from .model import IARN, ModelConfig, quantize_8bit
 from .tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, as_float, seeded_noise, tiled_downscale, tiled_upscale
-from .weights import load_weights, resolve_weights
+from .weights import load_weights, resolve_weights, weights_id
 
 RANGE_SLACK = 1e-3  # how far outside [0, 1] an input may stray (float rounding) before it is refused
 
@@ -40,6 +40,7 @@ class Rescaler:
         self.dtype = resolve_precision(precision, self.device)
         layout = resolve_memory_format(self.device, self.dtype)
         self.network = network.to(self.device, self.dtype).to(memory_format=layout).eval()
+        self.model_id: str | None = None  # NAME@HASH of the weight file (`load` sets it)
 
     @property
     def config(self) -> ModelConfig:
@@ -96,7 +97,7 @@ class Rescaler:
         """(B, 3, H, W) uint8, or float in [0, 1] -> 8-bit-rounded LR (B, 3, h, w), float."""
         x = x.to(self.device)
         hr_size = (x.shape[-2], x.shape[-1])
-        if self.whole_image(hr_size, tile):
+        if self.whole_image(hr_size, tile, lr_size):
             lr, _ = self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size)
             return quantize_8bit(lr)
         return tiled_downscale(self.network, x, lr_size, tile)
@@ -113,20 +114,23 @@ class Rescaler:
         """LR (B, 3, h, w) uint8, or float in [0, 1] -> HR (B, 3, H, W) float, clamped to [0, 1]."""
         lr = lr.to(self.device)
         lr_size = (lr.shape[-2], lr.shape[-1])
-        if self.whole_image(hr_size, tile):
+        if self.whole_image(hr_size, tile, lr_size):
             noise = seeded_noise(seed, temperature, (0, 0))
             hr = self.network.up_region(as_float(lr, self.network.state_dtype), hr_size, lr_size, noise=noise)
             return hr.clamp_(0, 1)
         return tiled_upscale(self.network, lr, hr_size, tile, seed, temperature)
 
-    def whole_image(self, hr_size: Size, tile: int | None) -> bool:
+    def whole_image(self, hr_size: Size, tile: int | None, lr_size: Size | None = None) -> bool:
         """The tiling policy: whole images unless `tile` is given or the image is too large
-        (CPU, MPS: over AUTO_TILE_PIXELS HR pixels; CUDA: when CUDA_BYTES_PER_PIXEL per HR pixel
-        exceed half the free memory)."""
+        (CPU, MPS: over AUTO_TILE_PIXELS HR pixels; CUDA: when CUDA_BYTES_PER_PIXEL per pixel
+        of the HR, or of the middle image of a mode that has one (`middle`: up to 4x the HR's
+        just above x1 and x2), exceed half the free memory)."""
         if tile is not None:
             return False
         pixels = hr_size[0] * hr_size[1]
         if self.device.type == "cuda":
+            core = self.network.mode.core_size(self.network, hr_size, lr_size) if lr_size is not None else None
+            pixels = max(pixels, core[0] * core[1] if core else 0)
             free, _ = torch.cuda.mem_get_info(self.device)
             return pixels * CUDA_BYTES_PER_PIXEL <= free // 2
         return pixels <= AUTO_TILE_PIXELS
@@ -149,7 +153,10 @@ def load(
     back to random weights.
     """
     device = resolve_device(device)
-    return Rescaler(load_weights(resolve_weights(path_or_name)), device, precision)
+    path = resolve_weights(path_or_name)
+    runner = Rescaler(load_weights(path), device, precision)
+    runner.model_id = weights_id(path)
+    return runner
 
 
 def _check_image(x, what: str) -> None:

@@ -103,8 +103,8 @@ def tiled_downscale(
     tile_lr = tuple(max(1, round(tile * lr_size[k] / hr_size[k])) for k in range(2))
 
     def compute(rows, cols, _index):
-        crop_rows = model.mode.hr_span_for_lr(model.levels, hr_size[0], lr_size[0], rows, context)
-        crop_cols = model.mode.hr_span_for_lr(model.levels, hr_size[1], lr_size[1], cols, context)
+        crop_rows = model.mode.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
+        crop_cols = model.mode.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
         lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
         return lr
@@ -133,8 +133,8 @@ def tiled_upscale(
     def compute(rows, cols, index):
         hr_rows = (_align_down(max(0, rows[0] - context), cell), _align_up(rows[1] + context, cell, hr_size[0]))
         hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
-        lr_rows = model.mode.lr_span_for_hr(model.levels, hr_size[0], lr_size[0], hr_rows, context)
-        lr_cols = model.mode.lr_span_for_hr(model.levels, hr_size[1], lr_size[1], hr_cols, context)
+        lr_rows = model.mode.lr_span_for_hr(model, hr_size, lr_size, 0, hr_rows, context)
+        lr_cols = model.mode.lr_span_for_hr(model, hr_size, lr_size, 1, hr_cols, context)
         crop = as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
         noise = seeded_noise(seed, temperature, index)
         hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise)

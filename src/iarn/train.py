@@ -19,10 +19,13 @@ progress bar), and `train`, the loop that joins them.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
+import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -331,7 +334,12 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
         "log_lambda_lr": float(state.log_lambda_lr),
         "train_config": cfg.to_dict(),
     }
-    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    try:
+        atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    except RuntimeError as error:  # torch's zip writer on a full disk: "[enforce fail ...] unexpected pos"
+        if "unexpected pos" in str(error) or shutil.disk_usage(path.parent).free < len(str(error)) + (64 << 20):
+            raise OSError(errno.ENOSPC, "no space left on the device for the checkpoint", str(path)) from None
+        raise
 
 
 # -- one step ---------------------------------------------------------------------------------
@@ -398,6 +406,7 @@ class RunLog:
 
     def __init__(self, out: Path, total: int, start: int, progress: bool) -> None:
         self.out = out
+        self.start = start
         self.file = None
         self.writer = None
         self.bar = None
@@ -408,6 +417,7 @@ class RunLog:
 
     def record(self, step: int, values: dict) -> None:
         if self.file is None:
+            _drop_lines_after(self.out / "log.jsonl", self.start)
             self.file = open(self.out / "log.jsonl", "a")
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -440,6 +450,35 @@ class RunLog:
                 thing.close()
 
 
+def _drop_lines_after(path: Path, step: int) -> None:
+    """Keep the log lines of steps <= `step`: a run resumed from step S redoes the steps after S
+    (their lines were written before the interruption; the checkpoint is older than them)."""
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if _logged_step(line) <= step]
+    if len(kept) < len(lines):
+        atomic_write(path, lambda tmp: Path(tmp).write_text("".join(kept)))
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf  # a line cut by the interruption goes too
+
+
+def remove_stale_temporaries(out: Path) -> int:
+    """Remove the hidden temporary files a killed run left in `out` (atomic_write's
+    `.checkpoint.pt.*.tmp`, `.model.safetensors.*.tmp`, `.log.jsonl.*.tmp`); returns how many."""
+    count = 0
+    for name in ("checkpoint.pt", "model.safetensors", "log.jsonl"):
+        for stale in out.glob(f".{name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+            count += 1
+    return count
+
+
 # -- the loop ---------------------------------------------------------------------------------
 
 
@@ -451,6 +490,7 @@ def train(
     stop_at: int | None = None,
     max_minutes: float | None = None,
     fit_steps: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> Path:
     """Train; returns the path of the weight file written at the end (`OUT/model.safetensors`).
 
@@ -460,7 +500,9 @@ def train(
     it writes lets `resume="auto"` carry on to `cfg.steps`. `fit_steps` (needs `max_minutes`)
     instead sizes the schedule to the time: the step rate measured over steps 10-50 of this
     invocation (after any compilation, before the warm-up ends) sets `cfg.steps`, at most the given
-    one, so that the schedule, not the clock, ends the run.
+    one, so that the schedule, not the clock, ends the run. `clock` (seconds) is what every
+    duration is measured with (a test passes its own). The log always records the step the run
+    stops at, whatever stopped it.
     """
     if fit_steps and not max_minutes:
         raise ValueError("fit_steps needs max_minutes (the time the schedule should fill)")
@@ -485,6 +527,7 @@ def train(
     log = None
     if runtime.master:
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(out)  # one run per folder at a time: these are a killed run's
         params = sum(p.numel() for p in state.model.parameters()) / 1e6
         print(
             f"training {params:.2f} M parameters ({cfg.model.mode}) on {runtime.world} x {runtime.device.type}, "
@@ -493,39 +536,49 @@ def train(
         )
         log = RunLog(out, cfg.steps, state.step, progress)
 
-    started = window_start = time.perf_counter()
+    started = window_start = clock()
     window_steps = 0
+    unlogged = None  # the last step's values when its step was not logged yet
+
+    def record(losses: dict, grad_norm: torch.Tensor, scale) -> None:
+        nonlocal window_start, window_steps
+        rate = window_steps / max(clock() - window_start, 1e-9)
+        values = {k: round(float(v.detach()), 7) for k, v in losses.items()}
+        values.update(
+            learning_rate=learning_rate(cfg, state.step - 1),
+            grad_norm=round(float(grad_norm), 4),
+            steps_per_s=round(rate, 3),
+            mp_per_s=round(rate * runtime.world * cfg.batch_size * cfg.crop**2 / 1e6, 3),
+            scale=[round(s, 3) for s in scale],
+            time=time.time(),
+        )
+        log.record(state.step, values)
+        window_start, window_steps = clock(), 0
+
     fit_from, fit_clock = (state.step + FIT_SETTLE if fit_steps else None), 0.0
     while state.step < cfg.steps:
         if fit_from is not None and state.step == fit_from:
-            fit_clock = _synced_clock(runtime)
+            fit_clock = _synced_clock(runtime, clock)
         elif fit_from is not None and state.step == fit_from + FIT_PROBE:
-            rate = FIT_PROBE / (_synced_clock(runtime) - fit_clock)
-            cfg, fit_from = _fit_schedule(cfg, state.step, rate, started, max_minutes, runtime), None
+            rate = FIT_PROBE / (_synced_clock(runtime, clock) - fit_clock)
+            cfg, fit_from = _fit_schedule(cfg, state.step, rate, clock() - started, max_minutes, runtime), None
             if log is not None:
                 log.set_total(cfg.steps)
-        if stop_at is not None and state.step >= stop_at or _out_of_time(started, max_minutes, runtime):
+        if stop_at is not None and state.step >= stop_at or _out_of_time(clock() - started, max_minutes, runtime):
             break
         hr, lr_size, scale = next_batch(sampler, cfg, runtime.rank, state.step)
         losses, grad_norm = train_step(loss_module, state, cfg, hr, lr_size, runtime.world)
         window_steps += 1
+        unlogged = (losses, grad_norm, scale)
         if log is not None and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
-            rate = window_steps / (time.perf_counter() - window_start)
-            values = {k: round(float(v.detach()), 7) for k, v in losses.items()}
-            values.update(
-                learning_rate=learning_rate(cfg, state.step - 1),
-                grad_norm=round(float(grad_norm), 4),
-                steps_per_s=round(rate, 3),
-                mp_per_s=round(rate * runtime.world * cfg.batch_size * cfg.crop**2 / 1e6, 3),
-                scale=[round(s, 3) for s in scale],
-                time=time.time(),
-            )
-            log.record(state.step, values)
-            window_start, window_steps = time.perf_counter(), 0
+            record(*unlogged)
+            unlogged = None
         if log is not None:
             log.advance()
         if state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps and runtime.master:
             save_checkpoint(state, cfg, checkpoint_path)
+    if log is not None and unlogged is not None:  # stopped by the clock or --stop-at between log steps
+        record(*unlogged)
     if runtime.master:
         save_checkpoint(state, cfg, checkpoint_path)
         log.close()
@@ -541,18 +594,19 @@ def train(
 FIT_SETTLE, FIT_PROBE = 10, 40  # steps left out of (compilation, first allocations), steps timed
 
 
-def _synced_clock(runtime: Runtime) -> float:
+def _synced_clock(runtime: Runtime, clock: Callable[[], float] = time.perf_counter) -> float:
     if runtime.device.type == "cuda":
         torch.cuda.synchronize(runtime.device)
-    return time.perf_counter()
+    return clock()
 
 
 def _fit_schedule(
-    cfg: TrainConfig, step: int, rate: float, started: float, max_minutes: float, runtime: Runtime
+    cfg: TrainConfig, step: int, rate: float, elapsed: float, max_minutes: float, runtime: Runtime
 ) -> TrainConfig:
     """`cfg` with `steps` such that the schedule ends when `max_minutes` are up (2 % kept for the
-    final save), at most `cfg.steps`; every rank takes the smallest estimate."""
-    left = 60 * max_minutes * 0.98 - (time.perf_counter() - started)
+    final save; `elapsed` seconds are gone), at most `cfg.steps`; every rank takes the smallest
+    estimate."""
+    left = 60 * max_minutes * 0.98 - elapsed
     steps = torch.tensor(float(min(cfg.steps, max(step + 1, step + int(rate * left)))))
     if runtime.ddp:
         steps = steps.to(runtime.device)
@@ -569,10 +623,10 @@ def _checked_resume(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
     return resume_config(checkpoint["train_config"], given)
 
 
-def _out_of_time(started: float, max_minutes: float | None, runtime: Runtime) -> bool:
+def _out_of_time(elapsed: float, max_minutes: float | None, runtime: Runtime) -> bool:
     if max_minutes is None:  # nothing to agree on: no collective, no host sync per step
         return False
-    out_of_time = time.perf_counter() - started > 60 * max_minutes
+    out_of_time = elapsed > 60 * max_minutes
     if runtime.ddp:  # every rank must agree to stop at the same step
         flag = torch.tensor(float(out_of_time), device=runtime.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)

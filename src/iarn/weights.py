@@ -7,8 +7,10 @@ describing how the weights were made). Loading needs nothing else.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -104,3 +106,23 @@ def resolve_weights(path_or_name: str | os.PathLike | None = None) -> Path:
     if not path.exists() and path.suffix != ".safetensors" and not any(sep in name for sep in "/\\"):
         raise WeightsError(f"no bundled model named {name!r} (bundled: {', '.join(BUNDLED)}) and no such file")
     return path
+
+
+def weights_id(path: str | os.PathLike) -> str:
+    """NAME@HASH of a weight file: its bundled name (or file stem) and the first 12 hex digits of
+    the SHA-256 of its bytes. An LR file records it (`iarn:model`), so `upscale` can use the
+    model that made it."""
+    path = Path(path)
+    name = next((n for n in BUNDLED if bundled_path(n) == path), path.stem)
+    return f"{name}@{_file_hash(path.resolve())}"
+
+
+@lru_cache(maxsize=16)
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def bundled_by_id(model_id: str) -> str | None:
+    """The bundled model whose weights have the HASH of `model_id` (NAME@HASH), if any."""
+    digest = model_id.rpartition("@")[2]
+    return next((n for n in BUNDLED if (p := bundled_path(n)) is not None and _file_hash(p.resolve()) == digest), None)

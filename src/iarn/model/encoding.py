@@ -4,6 +4,11 @@ For working-grid row `i` (each grid cell spans `cell` HR pixels) of an image res
 `h` rows, the cell centre sits at `u = (i + 0.5) * cell * h / H - 0.5` in LR pixel units, and
 its phase against the LR grid is `delta = u - round(u)` in [-0.5, 0.5]. Columns likewise.
 The maps depend only on geometry, so down- and upscaling compute the same ones.
+
+`middle_encoding` is the `middle` mode's (model/modes.py): its grids are cut from the HR
+*upsampled* to a middle image, so a cell is placed against the HR pixel grid instead (its
+leading edge `e = i * cell * H / M`, `delta = e - round(e)`, which is 0 wherever the geometry is
+IRN's x2 or x4), and the ratio maps give the grid's size over the HR's, `M / (cell * H)`.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ def encoding_channels(kind: str) -> int:
     return {"pse": 4, "sincos": 6, "scale": 4, "off": 4}[kind]
 
 
-def _phase(start: int, count: int, cell: int, ratio: float) -> torch.Tensor:
+def _phase(start: int, count: int, cell: int, ratio: float, centre: bool = True) -> torch.Tensor:
+    """Phases of cells `start`..: of their centres against a pixel grid `ratio` times as fine
+    (`centre`), or of their leading edges."""
     index = torch.arange(start, start + count, dtype=torch.float64)
-    u = (index + 0.5) * cell * ratio - 0.5
+    u = (index + 0.5) * cell * ratio - 0.5 if centre else index * cell * ratio
     return u - torch.round(u)
 
 
@@ -49,19 +56,45 @@ def scale_encoding(
     return _cached_encoding(*key)
 
 
+def middle_encoding(
+    kind: str,
+    grid_start: tuple[int, int],
+    grid_size: tuple[int, int],
+    cell: int,
+    hr_size: tuple[int, int],
+    middle_size: tuple[int, int],
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
+    """As `scale_encoding`, for a grid of `cell`-pixel cells of the middle image (`middle_size`,
+    an upsampling of the HR): ratio maps `M / (cell * H)`, phases of the cells' leading edges on
+    the HR pixel grid (module docstring)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    key = (kind, tuple(grid_start), tuple(grid_size), cell, tuple(hr_size), tuple(middle_size), device, "middle")
+    return _cached_encoding(*key)
+
+
 @lru_cache(maxsize=256)
-def _cached_encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, device) -> torch.Tensor:
+def _cached_encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, device, lattice="lr") -> torch.Tensor:
     with torch.inference_mode(False):  # an inference tensor could not be reused by training
-        return _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size).to(device)
+        return _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, lattice).to(device)
 
 
-def _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size) -> torch.Tensor:
+def _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, lattice="lr") -> torch.Tensor:
+    """`lattice` "lr": phases against the LR grid (lr_size); "middle": `lr_size` is the middle
+    image's size and phases are taken against the HR grid."""
     rows, cols = grid_size
-    inv_h, inv_w = lr_size[0] / hr_size[0], lr_size[1] / hr_size[1]
     if kind == "off":
         return torch.zeros(1, 4, rows, cols)
-    delta_h = _phase(grid_start[0], rows, cell, inv_h)[:, None].expand(rows, cols)
-    delta_w = _phase(grid_start[1], cols, cell, inv_w)[None, :].expand(rows, cols)
+    if lattice == "middle":
+        middle = lr_size
+        inv_h, inv_w = middle[0] / (cell * hr_size[0]), middle[1] / (cell * hr_size[1])
+        delta_h = _phase(grid_start[0], rows, cell, hr_size[0] / middle[0], centre=False)
+        delta_w = _phase(grid_start[1], cols, cell, hr_size[1] / middle[1], centre=False)
+    else:
+        inv_h, inv_w = lr_size[0] / hr_size[0], lr_size[1] / hr_size[1]
+        delta_h = _phase(grid_start[0], rows, cell, inv_h)
+        delta_w = _phase(grid_start[1], cols, cell, inv_w)
+    delta_h, delta_w = delta_h[:, None].expand(rows, cols), delta_w[None, :].expand(rows, cols)
     maps = [torch.full((rows, cols), inv_h, dtype=torch.float64), torch.full((rows, cols), inv_w, dtype=torch.float64)]
     if kind == "pse":
         maps += [delta_h, delta_w]

@@ -15,14 +15,15 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
 
 from ..geometry import Size
-from ..resample import apply_matrices, input_span, resample_matrix, resize
+from ..resample import apply_matrices, input_span, pinv_matrix, pinv_span, resample_matrix, resize
 from .coupling import LR_CHANNELS
+from .encoding import middle_encoding
 from .haar import haar_forward_levels, haar_inverse_levels, level_size
 
 Range = tuple[int, int]
@@ -30,9 +31,14 @@ NoiseFn = Callable[[tuple[int, ...]], torch.Tensor]
 
 
 class Core(Protocol):
-    """What a mode needs of the network: its invertible core and its number of Haar levels."""
+    """What a mode needs of the network: its invertible core, its config and number of Haar
+    levels, its encodings."""
 
     levels: int
+    config: Any
+    device: torch.device
+
+    def conds_for(self, hr_size: Size, lr_size: Size, grid_start: Size, grid: Size, level: int) -> torch.Tensor: ...
 
     def encode(self, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size = (0, 0)) -> torch.Tensor: ...
 
@@ -40,32 +46,50 @@ class Core(Protocol):
         self, y: torch.Tensor, hr_size: Size, lr_size: Size, crop: Size, hr_start: Size = (0, 0)
     ) -> torch.Tensor: ...
 
+    def encode_step(self, x: torch.Tensor, stage: int, cond: torch.Tensor) -> torch.Tensor: ...
+
+    def decode_step(self, y: torch.Tensor, stage: int, cond: torch.Tensor, size: Size) -> torch.Tensor: ...
+
 
 class Mode:
     """A way to form the LR; subclasses set the four hooks, `down` and `up` are shared."""
 
     samples_z = False  # True: upscale can draw the lost detail z from a seed
 
-    def core_size(self, hr_size: Size, lr_size: Size) -> Size | None:
+    def core_size(self, net: Core, hr_size: Size, lr_size: Size) -> Size | None:
         """The size the invertible core runs at when it is not the HR's own (None: the HR's)."""
         return None
+
+    def stage_channels(self, level: int) -> int:
+        """Channels of the coupling blocks after `level` Haar levels (all channels go on)."""
+        return 3 * 4**level
+
+    def stage_levels(self, config) -> list[int]:
+        """The Haar level of each stage of coupling blocks the network builds (one per level)."""
+        return list(range(1, config.levels + 1))
+
+    def stage_index(self, config, steps: int, level: int) -> int:
+        """The stage that step `level` of `steps` x2 steps runs (modes on a middle image)."""
+        return level - 1
 
     def lattice(self, levels: int, hr_length: int) -> tuple[int, int]:
         """(cell, length): the source's pixels are `cell` HR pixels apart, `length` of them
         (HR meaning the image the core runs on, `core_size`)."""
         raise NotImplementedError
 
-    def hr_span_for_lr(self, levels: int, hr_length: int, lr_length: int, out: Range, context: int) -> Range:
-        """The HR crop [a, b) that LR outputs [out) are computed from (one axis), with `context`
-        pixels of the image the core runs on as margin for the convolutions."""
+    def hr_span_for_lr(self, net: Core, hr_size: Size, lr_size: Size, axis: int, out: Range, context: int) -> Range:
+        """The HR crop [a, b) that LR outputs [out) are computed from (along `axis`), with
+        `context` pixels of the image the core runs on as margin for the convolutions."""
+        levels, hr_length, lr_length = net.levels, hr_size[axis], lr_size[axis]
         step, lattice = self.lattice(levels, hr_length)
         a, b = input_span(lattice, lr_length, *out)
         cell = 2**levels  # crops start and end on the grid (or at the image's end)
         return max(0, a * step - context) // cell * cell, min(hr_length, -(-(b * step + context) // cell) * cell)
 
-    def lr_span_for_hr(self, levels: int, hr_length: int, lr_length: int, rows: Range, context: int) -> Range:
-        """The LR crop [a, b) that HR outputs [rows) are computed from (one axis); the tiler has
-        put its context into `rows` already (HR pixels, grid-aligned)."""
+    def lr_span_for_hr(self, net: Core, hr_size: Size, lr_size: Size, axis: int, rows: Range, context: int) -> Range:
+        """The LR crop [a, b) that HR outputs [rows) are computed from (along `axis`); the tiler
+        has put its context into `rows` already (HR pixels, grid-aligned)."""
+        levels, hr_length, lr_length = net.levels, hr_size[axis], lr_size[axis]
         step, lattice = self.lattice(levels, hr_length)
         return input_span(lr_length, lattice, rows[0] // step, -(-rows[1] // step))
 
@@ -157,42 +181,127 @@ class Split(Mode):
 class Naive(Split):
     """The comparison baseline (docs/ablation.md): bicubic-resize the HR to twice the LR size
     (the *middle* image), a fixed x2 split model (1 level) on it, whose grid is the LR's size, so
-    the LR is its first 3 channels; on the way up, the inverse and bicubic back to the HR size.
+    the LR is its first 3 channels; on the way up, the inverse, then the middle back to the HR
+    size: by the exact least-squares inverse along an axis where the middle is the larger (an
+    upsampling, s <= 2) and `back` is "exact", else bicubic. Trained at scale 2 only, it is told
+    nothing of the scale (its encoding describes the fixed middle -> LR x2 step).
     Regions: the middle rows a crop covers are computed from the HR crop, so tiles work too."""
 
-    def core_size(self, hr_size: Size, lr_size: Size) -> Size:
-        return (2 * lr_size[0], 2 * lr_size[1])
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        """x2 core steps from the middle image to the LR."""
+        return 1
 
-    def hr_span_for_lr(self, levels, hr_length, lr_length, out, context):
-        middle = 2 * lr_length
-        start, stop = max(0, 2 * out[0] - context), min(middle, 2 * out[1] + context)
-        return input_span(hr_length, middle, start // 2 * 2, -(-stop // 2) * 2)
+    def core_size(self, net: Core, hr_size: Size, lr_size: Size) -> Size:
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        return (factor * lr_size[0], factor * lr_size[1])
 
-    def lr_span_for_hr(self, levels, hr_length, lr_length, rows, context):
-        start, stop = input_span(2 * lr_length, hr_length, *rows)  # middle rows the HR rows read
-        return max(0, (start - context) // 2), min(lr_length, -(-(stop + context) // 2))
+    def condition(
+        self, net: Core, level: int, grid_start: Size, grid: Size, hr_size: Size, middle: Size, lr_size: Size
+    ) -> torch.Tensor:
+        """The scale encoding of step `level`'s grid (cells of 2^level middle pixels)."""
+        return net.conds_for(middle, lr_size, grid_start, grid, level)
+
+    def back_is_exact(self, net: Core, hr_length: int, middle_length: int) -> bool:
+        """Whether the middle returns to the HR by the least-squares inverse along this axis."""
+        return net.config.back == "exact" and middle_length >= hr_length
+
+    def hr_span_for_lr(self, net, hr_size, lr_size, axis, out, context):
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        middle, context = factor * lr_size[axis], context * factor // 2
+        start, stop = max(0, factor * out[0] - context), min(middle, factor * out[1] + context)
+        return input_span(hr_size[axis], middle, start // factor * factor, -(-stop // factor) * factor)
+
+    def lr_span_for_hr(self, net, hr_size, lr_size, axis, rows, context):
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        middle, context = factor * lr_size[axis], context * factor // 2
+        if self.back_is_exact(net, hr_size[axis], middle):
+            start, stop = pinv_span(hr_size[axis], middle, *rows)
+        else:
+            start, stop = input_span(middle, hr_size[axis], *rows)  # middle rows the HR rows read
+        return max(0, (start - context) // factor), min(lr_size[axis], -(-(stop + context) // factor))
 
     def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
-        middle = self.core_size(hr_size, lr_size)
+        steps = self.steps(net, hr_size, lr_size)
+        factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
         rows, cols = (
-            _middle_span(hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k])
+            _middle_span(
+                hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k], factor
+            )
             for k in range(2)
         )
-        middle_crop = resample_crop(x, hr_start, hr_size, middle, rows, cols)
-        grid = net.encode(middle_crop, middle, lr_size, (rows[0], cols[0]))
-        top, left = rows[0] // 2, cols[0] // 2
-        grid = grid[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
-        return self.lr_source(grid, 1, middle)
+        y = resample_crop(x, hr_start, hr_size, middle, rows, cols)
+        latents = []
+        for level in range(1, steps + 1):
+            start = (rows[0] >> level, cols[0] >> level)
+            grid_size = (y.shape[-2] // 2, y.shape[-1] // 2)
+            cond = self.condition(net, level, start, grid_size, hr_size, middle, lr_size)
+            stage = self.stage_index(net.config, steps, level)
+            y, z = self.lr_source(net.encode_step(y, stage, cond), 1, None)
+            latents.append(z.flatten(1))
+        top, left = rows[0] // factor, cols[0] // factor
+        y = y[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
+        return y, torch.cat(latents, dim=1)
 
     def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
-        middle = self.core_size(hr_size, lr_size)
-        start = (2 * lr_start[0], 2 * lr_start[1])
-        crop = (2 * lr.shape[-2], 2 * lr.shape[-1])
-        middle_crop = net.decode(self.grid_from_source(lr, 1, noise), middle, lr_size, crop, start)
-        return resample_crop(middle_crop, start, middle, hr_size, hr_rows, hr_cols)
+        steps = self.steps(net, hr_size, lr_size)
+        factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
+        y = lr
+        for level in range(steps, 0, -1):
+            start = (lr_start[0] << (steps - level), lr_start[1] << (steps - level))
+            size = (2 * y.shape[-2], 2 * y.shape[-1])
+            cond = self.condition(net, level, start, tuple(y.shape[-2:]), hr_size, middle, lr_size)
+            stage = self.stage_index(net.config, steps, level)
+            y = net.decode_step(self.grid_from_source(y, 1, noise), stage, cond, size)
+        start = (factor * lr_start[0], factor * lr_start[1])
+        matrices = [
+            (pinv_matrix if self.back_is_exact(net, hr_size[k], middle[k]) else _bicubic_matrix)(
+                hr_size[k], middle[k], (hr_rows, hr_cols)[k], (start[k], start[k] + y.shape[-2 + k]), y.dtype, y.device
+            )
+            for k in range(2)
+        ]
+        return apply_matrices(y, *matrices)
 
 
-MODES: dict[str, Mode] = {"cycle": Cycle(), "split": Split(), "naive": Naive()}
+def _bicubic_matrix(hr_length, middle_length, out, in_range, dtype, device):
+    """The bicubic resampling matrix from the middle back to the HR (pinv_matrix's arguments)."""
+    return resample_matrix(middle_length, hr_length, out, in_range, dtype, device)
+
+
+class Middle(Naive):
+    """The method's geometry (docs/design.md section 3): the HR *upsampled* by bicubic to the
+    middle image, 2^k times the LR size with k = ceil(log2 max(s_h, s_w)) (at least 1), so the
+    HR loses nothing on the way in; k x2 steps (a Haar level and the coupling blocks of stage k,
+    12 channels each), each passing its first 3 channels on and dropping the rest (z) to the
+    latent loss; the LR is the last step's first 3 channels, exactly (h, w). Up: z = 0 (or
+    sampled) at every step, the steps inverted, and the middle back to the HR by the exact
+    least-squares inverse of the upsampling (or bicubic with `back` "bicubic"). The encoding
+    tells each step the real geometry (`encoding.middle_encoding`). With `step_stages`
+    "per-count" each step count k has stages of its own (`stage_index`)."""
+
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        steps = 1  # at most one per stage: a rounded size can exceed max_scale (9 -> 2 rows at x4)
+        while steps < net.levels and (2**steps * lr_size[0] < hr_size[0] or 2**steps * lr_size[1] < hr_size[1]):
+            steps += 1
+        return steps
+
+    def stage_channels(self, level: int) -> int:
+        return 4 * LR_CHANNELS
+
+    def stage_levels(self, config) -> list[int]:
+        if config.step_stages == "shared":
+            return list(range(1, config.levels + 1))
+        return [level for steps in range(1, config.levels + 1) for level in range(1, steps + 1)]
+
+    def stage_index(self, config, steps: int, level: int) -> int:
+        if config.step_stages == "shared":
+            return level - 1
+        return steps * (steps - 1) // 2 + level - 1  # stages of k = 1, then of k = 2, ...
+
+    def condition(self, net, level, grid_start, grid, hr_size, middle, lr_size):
+        return middle_encoding(net.config.encoding, grid_start, grid, 2**level, hr_size, middle, net.device)
+
+
+MODES: dict[str, Mode] = {"cycle": Cycle(), "split": Split(), "naive": Naive(), "middle": Middle()}
 
 
 def resample_crop(
@@ -205,9 +314,12 @@ def resample_crop(
     return apply_matrices(x, rows, cols)
 
 
-def _middle_span(hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range) -> Range:
-    """Middle rows [a, b), a and b even, whose bicubic support lies in the HR crop: the most a
-    crop can compute. ValueError when that misses LR rows `lr_span` (2 middle rows each)."""
+def _middle_span(
+    hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range, factor: int = 2
+) -> Range:
+    """Middle rows [a, b), multiples of `factor`, whose bicubic support lies in the HR crop: the
+    most a crop can compute. ValueError when that misses LR rows `lr_span` (`factor` middle rows
+    each)."""
 
     def support(row: int) -> Range:
         return input_span(hr_length, middle, row, row + 1)
@@ -215,7 +327,7 @@ def _middle_span(hr_length: int, middle: int, crop_start: int, crop_stop: int, l
     rows = range(middle)
     first = 0 if crop_start == 0 else bisect_left(rows, crop_start, key=lambda r: support(r)[0])
     stop = middle if crop_stop == hr_length else bisect_right(rows, crop_stop, key=lambda r: support(r)[1])
-    first, stop = -(-first // 2) * 2, stop // 2 * 2
-    if not (first <= 2 * lr_span[0] and 2 * lr_span[1] <= stop):
+    first, stop = -(-first // factor) * factor, stop // factor * factor
+    if not (first <= factor * lr_span[0] and factor * lr_span[1] <= stop):
         raise ValueError(f"the crop [{crop_start}, {crop_stop}) does not cover LR rows {lr_span}")
     return first, stop

@@ -35,6 +35,8 @@ CONFIG_BOUNDS = {
     "max_scale": (1.0, 16.0),
 }
 Range = tuple[int, int]
+BACKS = ("exact", "bicubic")
+STEP_STAGES = ("shared", "per-count")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,14 @@ class ModelConfig:
     growth: width of the dense subnets. clamp: bound of the coupling's log-scale.
     encoding: `pse` (4 maps), `sincos` (6 maps) or `off` (4 zero maps).
     max_scale: the largest factor per axis the model accepts (the smallest is 1).
+    back: how modes `middle` and `naive` return from the middle image to the HR where it is an
+        upsampling of it: `exact` (the least-squares inverse) or `bicubic`.
+    step_stages: `middle` only: `shared` (step l of every step count k runs stage l: `levels`
+        stages) or `per-count` (each k has its own k stages: levels (levels + 1) / 2 stages, so
+        the x(1, 2] path is not pulled by the x(2, 4] one).
+
+    `middle` (the method's geometry, model/modes.py): the HR upsampled to 2^k times the LR
+    size, k x2 steps of 12 channels; it needs 2^levels >= max_scale (one stage per step).
     """
 
     mode: str = "cycle"
@@ -59,6 +69,8 @@ class ModelConfig:
     clamp: float = 1.0
     encoding: str = "pse"
     max_scale: float = 4.0
+    back: str = "exact"
+    step_stages: str = "shared"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -67,6 +79,10 @@ class ModelConfig:
             raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.mode == "naive" and self.levels != 1:
             raise ValueError("mode naive is a x2 model: it needs levels = 1")
+        if self.back not in BACKS:
+            raise ValueError(f"back must be one of {BACKS}, got {self.back!r}")
+        if self.step_stages not in STEP_STAGES:
+            raise ValueError(f"step_stages must be one of {STEP_STAGES}, got {self.step_stages!r}")
         for name, (low, high) in CONFIG_BOUNDS.items():
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
@@ -74,6 +90,8 @@ class ModelConfig:
         for name in ("levels", "blocks_per_level", "growth"):
             if not isinstance(getattr(self, name), int):
                 raise ValueError(f"{name} must be a whole number, got {getattr(self, name)!r}")
+        if self.mode == "middle" and 2**self.levels < self.max_scale:
+            raise ValueError(f"mode middle needs 2^levels >= max_scale, got levels {self.levels}, max {self.max_scale}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -106,9 +124,13 @@ class IARN(nn.Module):
         self.config = config or ModelConfig()
         cfg = self.config
         cond = encoding_channels(cfg.encoding)
+        mode = MODES[cfg.mode]
         self.stages = nn.ModuleList(
-            nn.ModuleList(CouplingBlock(3 * 4**level, cond, cfg.growth, cfg.clamp) for _ in range(cfg.blocks_per_level))
-            for level in range(1, cfg.levels + 1)
+            nn.ModuleList(
+                CouplingBlock(mode.stage_channels(level), cond, cfg.growth, cfg.clamp)
+                for _ in range(cfg.blocks_per_level)
+            )
+            for level in mode.stage_levels(cfg)
         )
 
     @property
@@ -116,6 +138,10 @@ class IARN(nn.Module):
         """dtype of images and of the invertible arithmetic: float64 for a float64 model, else
         float32. Weights in bfloat16 or float16 only make the subnets run in that precision."""
         return torch.float64 if self.stages[0][0].f.out.weight.dtype == torch.float64 else torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return self.stages[0][0].f.out.weight.device
 
     @property
     def mode(self) -> Mode:
@@ -140,6 +166,24 @@ class IARN(nn.Module):
             grid = (level_size(crop[0], level), level_size(crop[1], level))
             conds.append(scale_encoding(self.config.encoding, grid_start, grid, 2**level, hr_size, lr_size, device))
         return conds
+
+    def conds_for(self, hr_size: Size, lr_size: Size, grid_start: Size, grid: Size, level: int) -> torch.Tensor:
+        """The scale encoding of a level-`level` grid crop (what `encode` feeds that level)."""
+        return scale_encoding(self.config.encoding, grid_start, grid, 2**level, hr_size, lr_size, self.device)
+
+    def encode_step(self, x: torch.Tensor, stage: int, cond: torch.Tensor) -> torch.Tensor:
+        """One x2 step of a mode that feeds each step only part of the last (`naive`, `middle`):
+        a Haar level of `x` (B, C, 2n, 2m), then the blocks of `stages[stage]`: (B, 4C, n, m)."""
+        x = haar_forward(x)
+        for block in self.stages[stage]:
+            x = block(x, cond)
+        return x
+
+    def decode_step(self, y: torch.Tensor, stage: int, cond: torch.Tensor, size: Size) -> torch.Tensor:
+        """Inverse of `encode_step`, to an image of `size`."""
+        for block in reversed(self.stages[stage]):
+            y = block.inverse(y, cond)
+        return haar_inverse(y, size)
 
     def encode(self, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size = (0, 0)) -> torch.Tensor:
         """Invertible core, forward: HR crop (B, 3, Hc, Wc) -> working grid (B, 3*4^L, ...)."""
