@@ -82,12 +82,18 @@ def _cached_matrix(in_size, out_size, out_range, in_range, dtype, device) -> tor
 
 
 def _build_matrix(in_size: int, out_size: int, out_range: tuple[int, int], in_range: tuple[int, int]) -> torch.Tensor:
-    (o0, o1), (i0, i1) = out_range, in_range
-    first, _, weights = _windows(in_size, out_size, o0, o1)
+    first, _, weights = _windows(in_size, out_size, *out_range)
+    return _band_to_dense(first, weights, in_range)
+
+
+def _band_to_dense(first: torch.Tensor, weights: torch.Tensor, in_range: tuple[int, int]) -> torch.Tensor:
+    """Dense (rows, in_range) float64 matrix from each row's first column and its band of
+    weights; columns outside `in_range` are dropped."""
+    i0, i1 = in_range
     cols = first[:, None] + torch.arange(weights.shape[1])[None, :] - i0
     keep = (cols >= 0) & (cols < i1 - i0) & (weights != 0)
-    matrix = torch.zeros(o1 - o0, i1 - i0, dtype=torch.float64)
-    rows = torch.arange(o1 - o0)[:, None].expand_as(cols)
+    matrix = torch.zeros(weights.shape[0], i1 - i0, dtype=torch.float64)
+    rows = torch.arange(weights.shape[0])[:, None].expand_as(cols)
     matrix.index_put_((rows[keep], cols[keep]), weights[keep], accumulate=True)
     return matrix
 
@@ -196,13 +202,8 @@ def pinv_matrix(
 
 @lru_cache(maxsize=64)
 def _cached_pinv(small, large, out_range, in_range, dtype, device) -> torch.Tensor:
-    (o0, o1), (i0, i1) = out_range, in_range
+    (o0, o1) = out_range
     starts, weights = _pinv_band(small, large)
-    starts, weights = starts[o0:o1], weights[o0:o1]
-    cols = starts[:, None] + torch.arange(weights.shape[1])[None, :] - i0
-    keep = (cols >= 0) & (cols < i1 - i0) & (weights != 0)
-    rows = torch.arange(o1 - o0)[:, None].expand_as(cols)
-    matrix = torch.zeros(o1 - o0, i1 - i0, dtype=torch.float64)
-    matrix.index_put_((rows[keep], cols[keep]), weights[keep], accumulate=True)
+    matrix = _band_to_dense(starts[o0:o1], weights[o0:o1], in_range)
     with torch.inference_mode(False):
         return matrix.to(dtype=dtype, device=device)
