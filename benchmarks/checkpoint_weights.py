@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from iarn.model import IARN, ModelConfig
-from iarn.train import read_checkpoint
+from iarn.train import checkpoint_model, read_checkpoint
 from iarn.weights import save_weights
 
 
@@ -19,8 +18,7 @@ def main() -> None:
     parser.add_argument("out")
     args = parser.parse_args()
     state = read_checkpoint(args.checkpoint)
-    model = IARN(ModelConfig.from_dict(state["train_config"]["model"]))
-    model.load_state_dict(state["model"])
+    model = checkpoint_model(state)
     save_weights(model, args.out, training={"steps": state["step"], "train_config": state["train_config"]})
     print(f"wrote {args.out}: step {state['step']}, {model.config}")
 

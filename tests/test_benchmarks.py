@@ -115,3 +115,41 @@ def test_checkpoint_weights_writes_a_loadable_file(tmp_path, photo):
     script = str(BENCHMARKS / "checkpoint_weights.py")
     out = run_script(script, str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "w"))
     assert "step 2" in out and load_weights(tmp_path / "w").config == model
+
+
+def test_combine_stages_takes_each_stage_from_its_source(tmp_path):
+    import torch
+
+    from iarn import IARN, ModelConfig, load_weights, save_weights
+
+    from .conftest import randomize
+
+    config = ModelConfig(mode="middle", levels=2, step_stages="per-count", blocks_per_level=1, growth=4)
+    a, b = randomize(IARN(config), seed=1), randomize(IARN(config), seed=2)
+    save_weights(a, tmp_path / "a.safetensors")
+    save_weights(b, tmp_path / "b.safetensors")
+    script = str(BENCHMARKS / "combine_stages.py")
+    out = tmp_path / "c.safetensors"
+    run_script(
+        script,
+        "--take",
+        f"0={tmp_path / 'a.safetensors'}",
+        "--take",
+        f"1,2={tmp_path / 'b.safetensors'}",
+        "-o",
+        str(out),
+    )
+    combined = load_weights(out)
+    assert combined.config == config
+    for index, source in ((0, a), (1, b), (2, b)):
+        for mine, theirs in zip(
+            combined.stages[index].state_dict().values(), source.stages[index].state_dict().values()
+        ):
+            assert torch.equal(mine, theirs)
+    missing = subprocess.run(
+        [sys.executable, script, "--take", f"0,1={tmp_path / 'a.safetensors'}", "-o", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode != 0 and "every stage must be taken once" in missing.stderr
+    assert not (tmp_path / "d").exists()

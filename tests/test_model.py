@@ -73,8 +73,16 @@ def test_every_x2_step_inverts_on_random_sizes(variant):
 
 @pytest.mark.parametrize(
     "hr, lr, steps",
-    [((64, 64), (32, 32), 1), ((64, 64), (43, 43), 1), ((64, 64), (16, 16), 2), ((60, 64), (21, 24), 2),
-     ((30, 64), (20, 16), 2), ((9, 9), (9, 9), 1), ((64, 64), (31, 64), 2), ((9, 9), (2, 2), 2)],
+    [
+        ((64, 64), (32, 32), 1),
+        ((64, 64), (43, 43), 1),
+        ((64, 64), (16, 16), 2),
+        ((60, 64), (21, 24), 2),
+        ((30, 64), (20, 16), 2),
+        ((9, 9), (9, 9), 1),
+        ((64, 64), (31, 64), 2),
+        ((9, 9), (2, 2), 2),
+    ],
 )
 def test_middle_geometry(hr, lr, steps):
     """k = ceil(log2 max scale), at least 1, at most `levels`; the middle 2^k x the LR covers the

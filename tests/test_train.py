@@ -147,7 +147,6 @@ def test_the_log_records_the_step_the_clock_stops_at(image_folder, tmp_path, mon
     train(small_config(image_folder, tmp_path / "stop", steps=1000, log_every=25), progress=False, stop_at=7)
     assert [json.loads(line)["step"] for line in (tmp_path / "stop" / "log.jsonl").read_text().splitlines()] == [7]
 
-
     capped = train(
         small_config(image_folder, tmp_path / "cap", steps=55), progress=False, max_minutes=5, fit_steps=True
     )
@@ -329,6 +328,31 @@ def test_adaptive_lr_weight_moves_toward_the_target():
     assert log_lambda < 0
 
 
+def test_lr_shortfall_weighs_only_a_step_below_the_target():
+    """The LR term is lambda * mse, times (mse / target mse)**p when the LR misses the target."""
+    from iarn.train import RescaleLoss
+
+    model = IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4))
+    hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+
+    def terms(**fields) -> dict:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            return RescaleLoss(model, TrainConfig(crop=32, **fields))(hr, (11, 24), 3.0)
+
+    plain = terms(lr_psnr_target=80.0)
+    psnr = -10 * float(torch.log10(plain["lr_fit"]))
+    assert psnr < 80
+    for target, p in ((80.0, 2.0), (80.0, 0.5), (psnr - 1.0, 2.0)):
+        weighted = terms(lr_psnr_target=target, lr_shortfall_power=p)
+        factor = max(1.0, float(plain["lr_fit"]) * 10 ** (target / 10)) ** p
+        expected = plain["loss"] + 3.0 * (factor - 1) * plain["lr_fit"]
+        assert torch.allclose(weighted["loss"], expected, rtol=1e-5), (target, p)
+    assert torch.equal(terms(lr_psnr_target=psnr - 1.0, lr_shortfall_power=2.0)["loss"], plain["loss"])
+    with pytest.raises(ValueError, match="lr_shortfall_power"):
+        TrainConfig(lr_shortfall_power=2.0)
+
+
 def test_adaptive_lr_weight_trains_and_resumes(image_folder, tmp_path):
     overrides = dict(lr_psnr_target=45.0, model=ModelConfig(blocks_per_level=1, growth=4))
     straight = train(small_config(image_folder, tmp_path / "a", **overrides), progress=False)
@@ -367,3 +391,20 @@ def test_a_full_disk_while_checkpointing_says_so(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="no space left") as raised:
         save_checkpoint(state, TrainConfig(), tmp_path / "checkpoint.pt")
     assert raised.value.filename == str(tmp_path / "checkpoint.pt") and not list(tmp_path.iterdir())
+
+
+def test_integer_share_draws_whole_scales_and_leaves_other_runs_alone():
+    rng = np.random.default_rng(0)
+    draws = np.array([sample_scale(rng, 1.1, 4.0, 1.0, 0.3, integer_share=0.5) for _ in range(4000)])
+    whole = draws[(draws[:, 0] == np.round(draws[:, 0])) & (draws[:, 0] == draws[:, 1])]
+    assert 0.45 < len(whole) / len(draws) < 0.55
+    assert sorted(set(whole[:, 0])) == [2.0, 3.0, 4.0]
+    assert all(0.28 < np.mean(whole[:, 0] == s) < 0.39 for s in (2, 3, 4))
+    none = np.array([sample_scale(np.random.default_rng(1), 1.1, 1.9, 1.0, 0.3, integer_share=0.9) for _ in range(50)])
+    assert np.all(none != np.round(none))  # no whole scale in [1.1, 1.9]: no whole draws
+    before, after = np.random.default_rng(7), np.random.default_rng(7)
+    assert [sample_scale(before, 1.1, 4.0, 2.0, 0.3) for _ in range(20)] == [
+        sample_scale(after, 1.1, 4.0, 2.0, 0.3, integer_share=0.0) for _ in range(20)
+    ]
+    with pytest.raises(ValueError, match="integer_share"):
+        TrainConfig(integer_share=1.5)

@@ -93,10 +93,22 @@ class CropSampler:
 
 
 def sample_scale(
-    rng: np.random.Generator, low: float, high: float, power: float, asymmetric_share: float
+    rng: np.random.Generator,
+    low: float,
+    high: float,
+    power: float,
+    asymmetric_share: float,
+    integer_share: float = 0.0,
 ) -> tuple[float, float]:
     """(s_h, s_w) in [low, high] with density proportional to s**power; independent per axis in
-    `asymmetric_share` of the draws, equal otherwise."""
+    `asymmetric_share` of the draws, equal otherwise. `integer_share` of the draws are instead a
+    whole-number scale of [low, high] on both axes, each equally likely (none there: no such draw);
+    at 0 the draws are those of a run without it."""
+    if integer_share > 0:
+        whole = range(math.ceil(low), math.floor(high) + 1)
+        if len(whole) and rng.random() < integer_share:
+            s = float(whole[int(rng.integers(len(whole)))])
+            return s, s
 
     def one() -> float:
         if power == -1:

@@ -76,11 +76,13 @@ class TrainConfig:
     lambda_rec: float = 1.0  # L1(upscale(quantised LR), HR), mean over pixels
     lambda_lr: float = 8.0  # L2(LR, bicubic(HR)), mean over pixels; the start value when adaptive
     lr_psnr_target: float = 0.0  # > 0: adapt lambda_lr each step to hold the LR's PSNR (RGB, dB) there
+    lr_shortfall_power: float = 0.0  # > 0: a step whose LR misses the target gets (mse/target)**p more weight
     lambda_z: float = 1.0  # mean(z^2) (split, naive) or mean((x' - up(LR))^2) (cycle)
     scale_min: float = 1.1
     scale_max: float = 4.0
     scale_power: float = 2.0  # density of s proportional to s**power (AIDN: 2; -1: log-uniform)
     asymmetric_share: float = 0.3
+    integer_share: float = 0.0  # share of steps at a whole-number scale of [scale_min, scale_max]
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 20
@@ -108,6 +110,11 @@ class TrainConfig:
             raise ValueError(f"crop must be a multiple of {2 * 2**self.model.levels}")
         if not 1.0 <= self.scale_min <= self.scale_max <= self.model.max_scale:
             raise ValueError("need 1 <= scale_min <= scale_max <= model.max_scale")
+        if self.lr_shortfall_power < 0 or (self.lr_shortfall_power > 0 and self.lr_psnr_target <= 0):
+            raise ValueError("lr_shortfall_power must be >= 0, and needs an lr_psnr_target")
+        for name in ("asymmetric_share", "integer_share"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -210,6 +217,11 @@ class RescaleLoss(nn.Module):
         latent = self.model.mode.latent_loss(by_product, lr_q, hr_size)
         rec = F.l1_loss(recon.float(), hr)
         lr_fit = F.mse_loss(lr.float(), reference)
+        if self.cfg.lr_shortfall_power > 0:
+            # the controller holds the *mean* LR PSNR at the target; this holds each step's (each
+            # step is one scale), so no scale (the very asymmetric ones first) falls far below it
+            shortfall = (lr_fit.detach() * 10 ** (self.cfg.lr_psnr_target / 10)).clamp_min(1.0)
+            lambda_lr = lambda_lr * shortfall**self.cfg.lr_shortfall_power
         total = self.cfg.lambda_rec * rec + lambda_lr * lr_fit + self.cfg.lambda_z * latent
         return {"loss": total, "rec": rec, "lr_fit": lr_fit, "latent": latent}
 
@@ -306,6 +318,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return state
 
 
+def checkpoint_model(state: dict) -> IARN:
+    """The model of a checkpoint read by `read_checkpoint`, on the CPU, its config from the run's."""
+    model = IARN(ModelConfig.from_dict(state["train_config"]["model"]))
+    model.load_state_dict(state["model"])
+    return model
+
+
 def build_state(cfg: TrainConfig, device: torch.device, checkpoint: dict | None, init_from: str | None) -> TrainState:
     """A fresh, fine-tuned (`init_from`) or resumed (`checkpoint`) model with its optimiser."""
     if checkpoint is None and init_from:
@@ -351,7 +370,7 @@ def next_batch(
     """The HR crops (B, 3, crop, crop) float in [0, 1] on the sampler's device, the LR size
     and the scale of step `step` on `rank`: a function of (seed, rank, step) alone."""
     rng = step_rng(cfg.seed, rank, step)
-    scale = sample_scale(rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share)
+    scale = sample_scale(rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share, cfg.integer_share)
     hr = sampler.batch(cfg.batch_size, rng).float().div_(255)
     return hr, size_for_scale((cfg.crop, cfg.crop), scale), scale
 
