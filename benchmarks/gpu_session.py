@@ -20,6 +20,8 @@ time limit, so one failure loses nothing else:
 - `infer`: benchmarks/infer.py at 8.3 MP (4K), default-size model, eager variants (infer.md);
 - `profile`: the heaviest operators of one 8.3 MP down- and upscale (profile.md);
 - `gate`: benchmarks/quality_gate.py on Set5, the fast variants against fp32 (infer.md);
+- `refine`: `iarn evaluate --refine N` of the bundled model on Set5 at the ten protocol scales,
+  N = 10 and 30 (the refinement table of docs/results.md; its tables are in session.md);
 - `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
   eager again if compiling fails (train_log.jsonl, model.safetensors);
@@ -61,7 +63,7 @@ TRAIN_RECIPE = ["--lr", "2e-4", "--scale-power", "1", "--integer-share", "0.3"]
 TRAIN_RECIPE += ["--lr-psnr-target", "44", "--lr-shortfall-power", "2"]
 RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
 BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's
-PHASES = ("throughput", "infer", "profile", "gate", "train", "infer-compiled", "evaluate", "ablation")
+PHASES = ("throughput", "infer", "profile", "gate", "refine", "train", "infer-compiled", "evaluate", "ablation")
 # the open design question of docs/ablation.md: the middle mode from scratch against naive x2 at GPU budgets
 ABLATION_ARMS = ["middle", "naive-x2"]
 # fast inference variants measured against the plain bf16 path and the fp32 tiles
@@ -237,6 +239,16 @@ class Plan:
         command = [self.python, str(self.bench / "quality_gate.py"), "--device", self.device]
         self.infer_text += session.phase("gate", [*command, "--data", str(self.set5), *self.gate_flags], limit_s=60)
         (self.out / "infer.md").write_text(self.infer_text)
+
+    def refine(self, session: Session) -> None:
+        """Encode-time refinement (`--refine N`) of the bundled model on Set5, timed per N."""
+        smoke = self.args.smoke
+        protocol = ["1.5", "2", "2.5", "3", "3.5", "4", "1.5,4", "1.5,3.5", "1.6,3.05", "4,2"]
+        scales = ["2", "1.5,4"] if smoke else protocol
+        for steps in [2] if smoke else [10, 30]:
+            command = [self.python, "-m", "iarn", "evaluate", "--data", str(self.set5), "--device", self.device]
+            command += ["--weights", str(BUNDLED), "--scales", *scales, "--refine", str(steps)]
+            session.phase(f"refine {steps}", command, limit_s=30 if smoke else 100)
 
     def train(self, session: Session) -> None:
         """Training of the given weights, compiled, its schedule fitted to the time left."""

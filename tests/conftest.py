@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from iarn import IARN, ModelConfig, Rescaler, save_weights
 
@@ -50,3 +51,29 @@ def photo() -> np.ndarray:
     base = np.stack([np.sin(x / 7) + np.cos(y / 5), np.sin((x + y) / 9), np.cos(x / 4 - y / 11)], axis=2)
     noisy = (base + 2) / 4 + rng.normal(0, 0.03, base.shape)
     return (np.clip(noisy, 0, 1) * 255).round().astype(np.uint8)
+
+
+@pytest.fixture
+def photo_file(tmp_path, photo) -> Path:
+    """`photo` as a PNG file (in a folder of its own)."""
+    path = tmp_path / "in" / "photo.png"
+    path.parent.mkdir()
+    Image.fromarray(photo).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """Four small training images (PNG and lossless WebP, one nested) and one too small to crop."""
+    folder = tmp_path_factory.mktemp("train")
+    rng = np.random.default_rng(0)
+    (folder / "nested").mkdir()
+    for k in range(4):
+        size = (40 + 8 * k, 56)
+        y, x = np.mgrid[0 : size[0], 0 : size[1]]
+        base = np.stack([np.sin(x / (3 + k)), np.cos(y / 4), np.sin((x + y) / 6)], axis=2)
+        pixels = ((base + 1) / 2 * 200 + rng.normal(0, 10, base.shape)).clip(0, 255).astype(np.uint8)
+        target = folder / ("nested" if k % 2 else "") / f"img{k}.{['png', 'webp'][k % 2]}"
+        Image.fromarray(pixels).save(target, lossless=True) if k % 2 else Image.fromarray(pixels).save(target)
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "too_small.png")
+    return folder

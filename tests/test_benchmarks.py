@@ -64,7 +64,8 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
     assert set(expected) <= set(files) and len(files) <= 8, (files, result.stdout[-3000:])
     report = (tmp_path / "out" / "session.md").read_text()
     statuses = [line for line in report.splitlines() if line.startswith("## ")]
-    assert len(statuses) == 6 and all(": exit 0," in line for line in statuses), statuses
+    assert len(statuses) == 7 and all(": exit 0," in line for line in statuses), statuses
+    assert any(line.startswith("## refine 2") for line in statuses), statuses
     assert "; training " in report and "--fit-steps" in report
 
 

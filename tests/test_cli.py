@@ -25,13 +25,6 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-@pytest.fixture
-def photo_file(tmp_path, photo):
-    path = tmp_path / "in" / "photo.png"
-    path.parent.mkdir()
-    Image.fromarray(photo).save(path)
-    return path
-
 
 def test_downscale_upscale_folders_end_to_end(tmp_path, capsys, photo, weights_file):
     src = tmp_path / "src"

@@ -6,7 +6,7 @@ import torch
 
 import iarn
 from iarn.cli import main
-from iarn.export import export_onnx, onnx_paths
+from iarn.export import OnnxRescaler, export_onnx, onnx_paths
 from iarn.geometry import size_for_scale
 from iarn.model import IARN, ModelConfig
 
@@ -14,7 +14,14 @@ ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 # (H, W), scale: odd, prime and even sides; non-integer, asymmetric, identity and extreme factors
-CASES = [((131, 197), (1.7, 3.3)), ((200, 201), 2.5), ((97, 113), (4, 1.5)), ((64, 61), 1.0), ((127, 89), 3.7)]
+CASES = [
+    ((131, 197), (1.7, 3.3)),
+    ((200, 201), 2.5),
+    ((97, 113), (4, 1.5)),
+    ((64, 61), 1.0),
+    ((64, 61), (1, 2.5)),
+    ((127, 89), 3.7),
+]
 
 
 def _image(size, seed=0) -> torch.Tensor:
@@ -33,8 +40,46 @@ def _sessions(folder, model):
 
 
 @pytest.fixture(scope="module")
-def bundled_sessions(tmp_path_factory):
-    return _sessions(tmp_path_factory.mktemp("onnx"), iarn.load("default", device="cpu"))
+def bundled_files(tmp_path_factory):
+    down, up = onnx_paths(tmp_path_factory.mktemp("onnx") / "model")
+    export_onnx(iarn.load("default", device="cpu"), down, up)
+    return down, up
+
+
+@pytest.fixture(scope="module")
+def bundled_sessions(bundled_files):
+    return tuple(ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in bundled_files)
+
+
+def test_graphs_answer_nan_for_values_outside_0_1(bundled_sessions):
+    down, up = bundled_sessions
+    hr = _image((40, 48)).numpy()
+    (lr,) = down.run(None, {"hr": hr * 255, "lr_shape": np.zeros((20, 24), np.uint8)})
+    assert np.isnan(lr).all()
+    (good,) = down.run(None, {"hr": hr, "lr_shape": np.zeros((20, 24), np.uint8)})
+    assert np.isfinite(good).all()
+    (back,) = up.run(None, {"lr": good * 255, "hr_shape": np.zeros((40, 48), np.uint8)})
+    assert np.isnan(back).all()
+
+
+def test_onnx_rescaler_refuses_bad_input_in_one_line(bundled_files):
+    model = OnnxRescaler(*bundled_files)
+    assert model.config == iarn.load("default", device="cpu").config
+    hr = _image((40, 48)).numpy()
+    cases = [
+        (lambda: model.downscale(hr * 255, scale=2), "0..255"),
+        (lambda: model.downscale(hr, size=(0, 12)), "at least 1x1"),
+        (lambda: model.downscale(hr, size=(10, 12)), "at least 16 pixels"),
+        (lambda: model.downscale(hr, scale=5), "out of range"),
+        (lambda: model.downscale(hr[0], scale=2), "(1, 3, H, W)"),
+        (lambda: model.upscale(hr[:, :, :20, :24], size=(100, 100)), "upscales by 1 to 4"),
+    ]
+    for call, message in cases:
+        with pytest.raises((ValueError, TypeError)) as error:
+            call()
+        assert message in str(error.value) and "\n" not in str(error.value)
+    lr = model.downscale(hr, scale=2)
+    assert lr.shape == (1, 3, 20, 24) and model.upscale(lr, size=(40, 48)).shape == (1, 3, 40, 48)
 
 
 def _compare(model, sessions, size, scale):

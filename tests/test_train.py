@@ -20,22 +20,6 @@ from iarn.train import TrainConfig, learning_rate, train
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-@pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train")
-    rng = np.random.default_rng(0)
-    (folder / "nested").mkdir()
-    for k in range(4):
-        size = (40 + 8 * k, 56)
-        y, x = np.mgrid[0 : size[0], 0 : size[1]]
-        base = np.stack([np.sin(x / (3 + k)), np.cos(y / 4), np.sin((x + y) / 6)], axis=2)
-        pixels = ((base + 1) / 2 * 200 + rng.normal(0, 10, base.shape)).clip(0, 255).astype(np.uint8)
-        target = folder / ("nested" if k % 2 else "") / f"img{k}.{['png', 'webp'][k % 2]}"
-        Image.fromarray(pixels).save(target, lossless=True) if k % 2 else Image.fromarray(pixels).save(target)
-    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(folder / "too_small.png")
-    return folder
-
-
 def small_config(folder, out, **overrides) -> TrainConfig:
     values = dict(
         data=(str(folder),),
@@ -277,9 +261,9 @@ def test_resume_keeps_the_recipe_and_takes_new_runtime_settings(image_folder, tm
         (["--device", "cuda"], "no usable CUDA"),
         (["--device", "cuda:1"], "no usable CUDA"),
         (["--device", "tpu"], "unknown device"),
-        (["--checkpoint-every", "0"], "checkpoint_every must be at least 1"),
-        (["--log-every", "0"], "log_every must be at least 1"),
-        (["--batch-size", "0"], "batch_size must be at least 1"),
+        (["--checkpoint-every", "0"], "checkpoint_every must be a whole number from 1 to"),
+        (["--log-every", "0"], "log_every must be a whole number from 1 to"),
+        (["--batch-size", "0"], "batch_size must be a whole number from 1 to"),
         (["--compile-mode", "fast"], "compile_mode must be one of"),
     ],
 )
@@ -295,7 +279,7 @@ def test_bad_training_settings_fail_in_one_line(image_folder, tmp_path, capsys, 
 def test_negative_steps_and_bad_resume_targets(image_folder, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_train_args(image_folder, run, -3, "--no-progress")) == 1
-    assert "steps must be at least 1" in capsys.readouterr().err and not run.exists()
+    assert "steps must be a whole number from 1 to" in capsys.readouterr().err and not run.exists()
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     assert main(tiny_train_args(image_folder, run, 2, "--no-progress", "--resume", str(junk))) == 1
@@ -330,7 +314,7 @@ def test_adaptive_lr_weight_moves_toward_the_target():
 
 def test_lr_shortfall_weighs_only_a_step_below_the_target():
     """The LR term is lambda * mse, times (mse / target mse)**p when the LR misses the target."""
-    from iarn.train import RescaleLoss
+    from iarn.train import MAX_LAMBDA_LR, RescaleLoss
 
     model = IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4))
     hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
@@ -340,17 +324,19 @@ def test_lr_shortfall_weighs_only_a_step_below_the_target():
         with torch.no_grad():
             return RescaleLoss(model, TrainConfig(crop=32, **fields))(hr, (11, 24), 3.0)
 
-    plain = terms(lr_psnr_target=80.0)
+    plain = terms(lr_psnr_target=80.0, lr_shortfall_power=0.0)
     psnr = -10 * float(torch.log10(plain["lr_fit"]))
     assert psnr < 80
-    for target, p in ((80.0, 2.0), (80.0, 0.5), (psnr - 1.0, 2.0)):
+    for target, p in ((80.0, 2.0), (80.0, 0.5), (psnr + 1.0, 2.0), (psnr - 1.0, 2.0)):
         weighted = terms(lr_psnr_target=target, lr_shortfall_power=p)
         factor = max(1.0, float(plain["lr_fit"]) * 10 ** (target / 10)) ** p
-        expected = plain["loss"] + 3.0 * (factor - 1) * plain["lr_fit"]
+        weight = min(3.0 * factor, MAX_LAMBDA_LR)  # bounded: a large power cannot overflow it
+        expected = plain["loss"] + (weight - 3.0) * plain["lr_fit"]
         assert torch.allclose(weighted["loss"], expected, rtol=1e-5), (target, p)
+    assert terms(lr_psnr_target=80.0, lr_shortfall_power=16.0)["loss"].isfinite()
     assert torch.equal(terms(lr_psnr_target=psnr - 1.0, lr_shortfall_power=2.0)["loss"], plain["loss"])
     with pytest.raises(ValueError, match="lr_shortfall_power"):
-        TrainConfig(lr_shortfall_power=2.0)
+        TrainConfig(lr_psnr_target=0.0, lr_shortfall_power=2.0)
 
 
 def test_adaptive_lr_weight_trains_and_resumes(image_folder, tmp_path):

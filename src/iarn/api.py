@@ -7,6 +7,8 @@ large image never exists as a float copy of the input.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from PIL import Image
 from .convert import to_tensor, to_uint8
 from .geometry import Size, check_tile, check_upscale_size, target_size
 from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
+from .refine import RefineConfig, check_refine_steps
 from .rescaler import Rescaler
 
 
@@ -27,12 +30,21 @@ def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
 
 
 def downscale_picture(
-    model: Rescaler, picture: Picture, size: Size | None = None, scale=None, tile: int | None = None
+    model: Rescaler,
+    picture: Picture,
+    size: Size | None = None,
+    scale=None,
+    tile: int | None = None,
+    refine: int | RefineConfig = 0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Picture:
-    """HR picture -> LR picture of `size` (h, w) or `scale`."""
+    """HR picture -> LR picture of `size` (h, w) or `scale`; `refine`, `progress` as in
+    `Rescaler.downscale`."""
     check_tile(tile)
+    if not isinstance(refine, RefineConfig):
+        check_refine_steps(refine)
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
-    lr = model.downscale_pixels(to_tensor(picture.rgb), lr_size, tile)
+    lr = model.downscale_pixels(to_tensor(picture.rgb), lr_size, tile, refine, progress)
     return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
 
 
@@ -69,12 +81,16 @@ def _like(picture: Picture, original: Image.Image | np.ndarray) -> Image.Image |
     return picture.rgb
 
 
-def downscale_image(model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None):
-    """Pillow image or uint8 array (H, W[, 3|4]) -> the same kind, downscaled.
+def downscale_image(
+    model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None, refine=0
+):
+    """Pillow image or uint8 array (H, W[, 3|4]) -> the same kind, downscaled (`refine` steps
+    of LR refinement, as in `Rescaler.downscale`).
 
     `size` is (h, w) in rows and columns (Pillow's `.size` is (w, h): mind the order).
     """
-    return _like(downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile), image)
+    picture = downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile, refine=refine)
+    return _like(picture, image)
 
 
 def upscale_image(model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, tile=None):

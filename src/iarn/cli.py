@@ -105,6 +105,56 @@ def positive_float(text: str) -> float:
     return value
 
 
+DEFAULT_REFINE = 10  # the CLI's refinement steps: docs/results.md, "Refinement", has the trade-off
+
+
+def refine_steps(text: str) -> int:
+    from .refine import MAX_REFINE_STEPS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
+    if not 0 <= value <= MAX_REFINE_STEPS:
+        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_REFINE_STEPS} steps, got {text!r}")
+    return value
+
+
+def lr_psnr_bound(text: str) -> float:
+    value = finite_float(text)
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected 0 (no bound) to 100 dB, got {text!r}")
+    return value
+
+
+def _refine_flags(parser: argparse.ArgumentParser, default: int) -> None:
+    parser.add_argument(
+        "--refine",
+        type=refine_steps,
+        default=default,
+        metavar="N",
+        help="optimise the LR for N steps so that it upscales better (0: the network's LR; default %(default)s)",
+    )
+    parser.add_argument(
+        "--refine-lr-psnr",
+        type=lr_psnr_bound,
+        default=44.0,
+        metavar="DB",
+        help="while refining, keep the LR's PSNR-Y against a bicubic downscale at DB or more "
+        "(0: no bound; default %(default)g)",
+    )
+    parser.add_argument(
+        "--refine-loss", default="y", choices=["rgb", "y"],
+        help="what refinement minimises: y = luma-weighted error (what PSNR-Y scores), rgb (default y)",
+    )
+
+
+def refine_config(args):
+    from .refine import RefineConfig
+
+    return RefineConfig(steps=args.refine, lr_psnr_min=args.refine_lr_psnr, loss=args.refine_loss)
+
+
 MAX_ZOOM = 32  # compare's panel enlargement: a 256-pixel crop at x32 is already 8192 pixels a side
 
 
@@ -160,6 +210,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     down.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    _refine_flags(down, DEFAULT_REFINE)
     _png_level(down, PNG_LEVEL)
     _common(down)
 
@@ -180,6 +231,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     trip.add_argument("--save", metavar="DIR", help="also write lr.png and restored.png there")
     trip.add_argument("--force", action="store_true", help="overwrite lr.png and restored.png in --save")
+    _refine_flags(trip, DEFAULT_REFINE)
     _common(trip)
 
     compare = commands.add_parser("compare", help="a figure: one crop as HR / bicubic / iarn / iarn's LR")
@@ -193,6 +245,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         "--zoom", type=zoom_factor, default=2, help=f"panel enlargement, 1 to {MAX_ZOOM} (default %(default)s)"
     )
     compare.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _refine_flags(compare, DEFAULT_REFINE)
     _common(compare)
 
     commands.add_parser("info", help="version, devices and bundled models")
@@ -224,13 +277,14 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
     ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
     ev.add_argument("--bicubic-only", action="store_true", help="only the bicubic rows; no model")
+    _refine_flags(ev, 0)
     _common(ev, precision="fp32")
     return parser
 
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     from .model import ModelConfig
-    from .train import TrainConfig
+    from .train import SHIPPED_MODEL, TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON with TrainConfig fields (flags override)")
     parser.add_argument("--resume", metavar="auto|PATH", help="continue a run: auto = OUT/checkpoint.pt if present")
@@ -249,6 +303,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             if f.name == "model":
                 continue
+            shown = getattr(SHIPPED_MODEL, f.name) if cls is ModelConfig else f.default
             flag = "--" + f.name.replace("_", "-")
             if f.name == "data":
                 parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
@@ -256,7 +311,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
             else:
                 kind = {"int": int, "float": finite_float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+                parser.add_argument(flag, type=kind, default=None, help=f"(default {shown})")
 
 
 # -- jobs: which input goes to which output -------------------------------------------------
@@ -400,6 +455,25 @@ def _run_batch(jobs, read, compute, write) -> int:
 # -- commands ---------------------------------------------------------------------------------
 
 
+def _step_progress(steps: int, single: bool = True):
+    """A progress callback for refinement: a bar of steps on a terminal, for one image (a batch
+    shows its bar of images instead); None otherwise."""
+    if steps == 0 or not single or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bars: list = []
+
+    def progress(step: int, total: int) -> None:
+        if not bars or bars[-1].n >= bars[-1].total:
+            bars.append(tqdm(total=total, unit="step", desc="refining", leave=False, file=sys.stderr))
+        bars[-1].update(step - bars[-1].n)
+        if step >= total:
+            bars[-1].close()
+
+    return progress
+
+
 def cmd_downscale(args) -> int:
     from .api import downscale_picture
     from .geometry import target_size
@@ -416,16 +490,26 @@ def cmd_downscale(args) -> int:
         _check_target(source, target, args.force)
         return read_picture(source, allow_huge=args.allow_huge)
 
+    refine = refine_config(args)
+    progress = _step_progress(refine.steps, single=len(jobs) == 1)
+
     def compute(picture):
         lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
-        return downscale_picture(model, picture, size=lr_size, tile=args.tile), picture.size
+        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile, refine=refine, progress=progress)
+        return lr, picture.size
 
     def write(result, target: Path) -> None:
         lr, hr_size = result
         if target.suffix.lower() != ".png":
             print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
         write_picture(
-            lr, target, hr_size=hr_size, png_level=args.png_level, model_id=model.model_id, overwrite=args.force
+            lr,
+            target,
+            hr_size=hr_size,
+            png_level=args.png_level,
+            model_id=model.model_id,
+            overwrite=args.force,
+            refine=refine.steps,
         )
 
     return 1 if _run_batch(jobs, read, compute, write) else 0
@@ -472,10 +556,18 @@ def cmd_upscale(args) -> int:
 
     jobs = _collect(args.inputs, args.output, "." + args.ext)
     pick = _upscaler_for(args, _load_model(args))
+    warned = threading.Event()
 
     def read(source: Path, target: Path):
         _check_target(source, target, args.force)
         picture = read_picture(source, allow_huge=args.allow_huge)
+        if picture.lossy and not warned.is_set():
+            warned.set()
+            print(
+                f"iarn: warning: {source}: {picture.lossy}, so the detail hidden in the LR is partly lost "
+                "(several dB); keep LR files as the PNGs iarn writes" + (" (said once)" if len(jobs) > 1 else ""),
+                file=sys.stderr,
+            )
         model = pick(picture, source)
         size = args.size or picture.hr_size
         if size is None:
@@ -523,13 +615,15 @@ def cmd_roundtrip(args) -> int:
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
     scale = (hr.shape[0] / lr_size[0], hr.shape[1] / lr_size[1])
     border = protocol_border(scale)
-    lr, up = model_roundtrip(model, hr, lr_size, args.tile)
+    refine = refine_config(args)
+    lr, up = model_roundtrip(model, hr, lr_size, args.tile, refine, _step_progress(refine.steps))
     bic_lr, bic_up = bicubic_roundtrip(hr, lr_size)
     ours, bicubic, lr_fidelity = psnr_y(up, hr, border), psnr_y(bic_up, hr, border), psnr_y(lr, bic_lr)
     print(
         f"{path.name}: {hr.shape[1]}x{hr.shape[0]} -> {lr_size[1]}x{lr_size[0]} (scale {scale[0]:.3g} x {scale[1]:.3g})"
     )
-    print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB")
+    refined = f" (LR refined {refine.steps} steps)" if refine.steps else ""
+    print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{refined}")
     print(f"  bicubic round trip PSNR-Y {bicubic:6.2f} dB   (iarn {ours - bicubic:+.2f} dB)")
     print(f"  iarn LR against bicubic LR PSNR-Y {lr_fidelity:.2f} dB")
     if args.save:
@@ -537,7 +631,14 @@ def cmd_roundtrip(args) -> int:
         lr_path, restored_path = folder / "lr.png", folder / "restored.png"
         existed = lr_path.exists()
         lr_picture = picture.with_pixels(lr, None)
-        write_picture(lr_picture, lr_path, hr_size=picture.size, model_id=model.model_id, overwrite=args.force)
+        write_picture(
+            lr_picture,
+            lr_path,
+            hr_size=picture.size,
+            model_id=model.model_id,
+            overwrite=args.force,
+            refine=refine.steps,
+        )
         try:
             write_picture(picture.with_pixels(up, None), restored_path, overwrite=args.force)
         except BaseException:
@@ -563,7 +664,10 @@ def cmd_compare(args) -> int:
     model = _load_model(args)
     picture = read_picture(path, allow_huge=args.allow_huge)
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
-    figure, scores = comparison(model, picture.rgb, lr_size, args.crop, args.zoom, args.tile)
+    refine = refine_config(args)
+    figure, scores = comparison(
+        model, picture.rgb, lr_size, args.crop, args.zoom, args.tile, refine, _step_progress(refine.steps)
+    )
     write_picture(picture_from_array(np.asarray(figure)), target, overwrite=args.force)
     print(
         f"{path.name} -> {lr_size[1]}x{lr_size[0]}: PSNR-Y iarn {scores['iarn']:.2f} dB, bicubic "
@@ -641,8 +745,6 @@ def cmd_train(args) -> int:
         base = read_config_file(args.config)
         model = {**(base.pop("model", None) or {}), **given.get("model", {})}
         given = {**base, **given, **({"model": model} if model else {})}
-        if "data" in given:
-            given["data"] = tuple(given["data"])
     if args.init_from and given.get("model"):
         _check_init_from(args.init_from, given["model"])
     out = Path(given.get("out", TrainConfig.out))
@@ -713,8 +815,21 @@ def cmd_evaluate(args) -> int:
     if model is not None:
         for scale in scales:
             check_scale(scale, model.config.max_scale)
+    bad: list = []
+
+    def on_bad_image(error) -> None:
+        bad.append(error)
+        print(f"iarn: error: {_one_line(error, escape=True)} (left out)", file=sys.stderr)
+
     results = evaluate(
-        model, args.data, scales, progress=sys.stderr.isatty(), tile=args.tile, allow_huge=args.allow_huge
+        model,
+        args.data,
+        scales,
+        progress=sys.stderr.isatty(),
+        tile=args.tile,
+        allow_huge=args.allow_huge,
+        refine=refine_config(args),
+        on_bad_image=on_bad_image,
     )
     table = markdown_table(results)
     print(table, end="")
@@ -727,6 +842,9 @@ def cmd_evaluate(args) -> int:
             plot(results, args.plot)
     except OSError as error:
         raise CliError(f"{error.filename or 'output'}: cannot write it ({error.strerror})") from None
+    if bad:
+        print(f"iarn: error: {len(bad)} image(s) could not be read and are not in the table", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -763,17 +881,33 @@ def main(argv: list[str] | None = None) -> int:
         print(f"iarn: error: {where}{error.strerror or _one_line(error)}", file=sys.stderr)
         return 1
     except RuntimeError as error:  # from torch: out of memory, a device failure, ...
-        hint = ""
-        if "out of memory" in str(error).lower():
-            hint = " (out of memory: try --tile 512, or --precision bf16)"
+        hint = f" ({_memory_advice(args)})" if "out of memory" in str(error).lower() else ""
         print(f"iarn: error: {_one_line(error)}{hint}", file=sys.stderr)
         return 1
     except MemoryError:
-        print("iarn: error: out of memory (try --tile 512, or --precision bf16)", file=sys.stderr)
+        print(f"iarn: error: {_memory_advice(args)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("iarn: interrupted", file=sys.stderr)
         return 130
+
+
+SMALL_TILE = 256
+
+
+def _memory_advice(args) -> str:
+    """What to try after running out of memory: only the settings this command has and has not
+    already turned down (a smaller tile bounds the network's memory; bf16 halves the subnets')."""
+    if args.command == "train":
+        return "out of memory: try a smaller --batch-size or --crop"
+    tries = []
+    if hasattr(args, "tile") and (args.tile is None or args.tile > SMALL_TILE):
+        tries.append(f"--tile {SMALL_TILE}")
+    if getattr(args, "precision", None) in ("auto", "fp32"):
+        tries.append("--precision bf16")
+    if not tries:
+        return "out of memory: the image is too large for this machine at these settings"
+    return "out of memory: try " + ", or ".join(tries)
 
 
 def _one_line(error: BaseException, escape: bool = False) -> str:

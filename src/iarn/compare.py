@@ -43,12 +43,15 @@ def comparison(
     box: tuple[int, int, int] | None = None,
     zoom: int = 2,
     tile: int | None = None,
+    refine=0,
+    progress=None,
 ) -> tuple[Image.Image, dict[str, float]]:
     """The four-panel figure for `hr` (H, W, 3) uint8 rescaled to `lr_size`, and the PSNR-Y of
     both round trips on the whole image and on the crop. `box` = (top, left, size) in HR pixels
-    (default: the most detailed square of a quarter of the shorter side, at least 48 px)."""
+    (default: the most detailed square of a quarter of the shorter side, at least 48 px).
+    `refine`, `progress`: the LR's refinement, as in `Rescaler.downscale`."""
     height, width = hr.shape[:2]
-    lr, up = model_roundtrip(model, hr, lr_size, tile)
+    lr, up = model_roundtrip(model, hr, lr_size, tile, refine, progress)
     _, bicubic_up = bicubic_roundtrip(hr, lr_size)
     if box is None:
         size = min(height, width, max(48, min(height, width) // 4))

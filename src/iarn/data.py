@@ -102,10 +102,11 @@ def sample_scale(
 ) -> tuple[float, float]:
     """(s_h, s_w) in [low, high] with density proportional to s**power; independent per axis in
     `asymmetric_share` of the draws, equal otherwise. `integer_share` of the draws are instead a
-    whole-number scale of [low, high] on both axes, each equally likely (none there: no such draw);
+    whole-number scale of [low, high] above 1 on both axes, each equally likely (none there: no
+    such draw);
     at 0 the draws are those of a run without it."""
     if integer_share > 0:
-        whole = range(math.ceil(low), math.floor(high) + 1)
+        whole = range(max(2, math.ceil(low)), math.floor(high) + 1)  # x1 keeps the size: nothing to learn
         if len(whole) and rng.random() < integer_share:
             s = float(whole[int(rng.integers(len(whole)))])
             return s, s

@@ -10,6 +10,7 @@ z = 0 throughout. Grayscale images are replicated to RGB.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,8 +19,9 @@ import numpy as np
 from .convert import to_tensor, to_uint8
 from .files import atomic_write, find_images
 from .geometry import size_for_scale
-from .imageio import read_picture
+from .imageio import ImageError, read_picture
 from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
+from .refine import RefineConfig
 from .resample import resize
 from .rescaler import Rescaler
 
@@ -43,15 +45,26 @@ def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndar
     return lr, up
 
 
-def model_roundtrip(model: Rescaler, hr: np.ndarray, lr_size: tuple[int, int], tile: int | None = None):
-    """The model's 8-bit LR and its 8-bit upscale: (LR, HR) uint8."""
-    lr = model.downscale_pixels(to_tensor(hr), lr_size, tile)
+def model_roundtrip(
+    model: Rescaler,
+    hr: np.ndarray,
+    lr_size: tuple[int, int],
+    tile: int | None = None,
+    refine: int | RefineConfig = 0,
+    progress=None,
+):
+    """The model's 8-bit LR (refined `refine` steps) and its 8-bit upscale: (LR, HR) uint8."""
+    lr = model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress)
     up = model.upscale_pixels(lr, hr.shape[:2], tile)
     return to_uint8(lr.cpu()), to_uint8(up.cpu())
 
 
 def score_image(
-    model: Rescaler | None, hr: np.ndarray, scale: tuple[float, float], tile: int | None = None
+    model: Rescaler | None,
+    hr: np.ndarray,
+    scale: tuple[float, float],
+    tile: int | None = None,
+    refine: int | RefineConfig = 0,
 ) -> tuple[Scores | None, Scores]:
     """(model scores or None without a model, bicubic scores) for one HR image and scale."""
     lr_size = size_for_scale(hr.shape[:2], scale)
@@ -60,7 +73,7 @@ def score_image(
     bicubic = Scores(psnr_y(bic_up, hr, border), ssim_y(bic_up, hr, border), psnr_rgb(bic_up, hr, border))
     if model is None:
         return None, bicubic
-    lr, up = model_roundtrip(model, hr, lr_size, tile)
+    lr, up = model_roundtrip(model, hr, lr_size, tile, refine)
     ours = Scores(psnr_y(up, hr, border), ssim_y(up, hr, border), psnr_rgb(up, hr, border), psnr_y(lr, bic_lr))
     return ours, bicubic
 
@@ -79,11 +92,15 @@ def evaluate(
     progress: bool = True,
     tile: int | None = None,
     allow_huge: bool = False,
+    refine: int | RefineConfig = 0,
+    on_bad_image: Callable[[ImageError], None] | None = None,
 ) -> dict:
     """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
 
     Images too small for the protocol at a scale (under 11 pixels left after the border crop)
-    are skipped there and counted. `tile` as in `Rescaler.downscale`.
+    are skipped there and counted. An image that cannot be read raises ImageError, or, with
+    `on_bad_image`, is passed to it and left out (counted as `unreadable`). `tile` and `refine`
+    (the LR's refinement) as in `Rescaler.downscale`.
     """
     results: dict = {}
     for folder in map(Path, datasets):
@@ -97,16 +114,26 @@ def evaluate(
             from tqdm import tqdm
 
             iterator = tqdm(images, desc=folder.name, unit="img", leave=False)
+        unreadable = 0
         for path in iterator:
-            hr = read_picture(path, allow_huge=allow_huge).rgb
+            try:
+                hr = read_picture(path, allow_huge=allow_huge).rgb
+            except ImageError as error:
+                if on_bad_image is None:
+                    raise
+                on_bad_image(error)
+                unreadable += 1
+                continue
             for scale in scales:
                 if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:  # no room for an SSIM window
                     skipped[scale] += 1
                     continue
-                ours, bicubic = score_image(model, hr, scale, tile)
+                ours, bicubic = score_image(model, hr, scale, tile, refine)
                 if ours is not None:
                     per_scale[scale][0].append(ours)
                 per_scale[scale][1].append(bicubic)
+        if unreadable == len(images):
+            raise ValueError(f"{folder}: none of its {len(images)} images could be read")
         empty = [scale_label(scale) for scale, (_, bicubic) in per_scale.items() if not bicubic]
         if empty:
             raise ValueError(f"{folder}: no image is large enough for the protocol at {', '.join(empty)}")
@@ -116,6 +143,7 @@ def evaluate(
                 "bicubic": asdict(_mean(bicubic)),
                 "images": len(bicubic),
                 "skipped_too_small": skipped[scale],
+                "unreadable": unreadable,
             }
             for scale, (ours, bicubic) in per_scale.items()
         }

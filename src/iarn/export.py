@@ -13,18 +13,21 @@ data-dependent:
                     -> hr (1, 3, H, W) float32 in [0, 1]
 
 H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's max_scale is
-the caller's to keep, as for `Rescaler.downscale`. Whole images only (no tiling) and z = 0; every
-mode. The modes on a middle image (`naive`, `middle`) have their resizes in the graphs too; the
-least-squares inverse back to the HR is computed in the graph by Newton-Schulz iterations
-(`pinv_matrix_graph`, float64), and since the number of x2 steps of `middle` depends on the
-sizes, which a graph cannot branch on, its graphs compute every step count the model has and
-select the one the sizes ask for (twice the work at most). Needs the `onnx` extra (onnx,
-onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
+the caller's to keep, as for `Rescaler.downscale`; an input outside [0, 1] gives all NaN, and an
+axis that keeps its size is resampled as `modes.Resample` does. `OnnxRescaler` runs the graphs
+with the runner's checks in front; each graph's metadata holds the model's config. Whole images
+only (no tiling) and z = 0; every mode. The modes on a middle image (`naive`, `middle`) have
+their resizes in the graphs too; the least-squares inverse back to the HR is computed in the
+graph by Newton-Schulz iterations (`pinv_matrix_graph`, float64), and since the number of x2
+steps of `middle` depends on the sizes, which a graph cannot branch on, its graphs compute every
+step count the model has and select the one the sizes ask for (twice the work at most). Needs
+the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -35,13 +38,15 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .model import IARN
+from .geometry import check_upscale_size, target_size
+from .model import IARN, ModelConfig
 from .model.encoding import ENCODINGS
 from .model.haar import level_size
-from .rescaler import Rescaler
+from .rescaler import RANGE_SLACK, Rescaler, check_image
 
 MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
 OPSET = 18
+CONFIG_KEY = "iarn:config"  # the model's ModelConfig (JSON) in each graph's metadata
 _A = -0.5  # Keys' cubic, as resample.py
 
 
@@ -226,6 +231,20 @@ class _MiddleGraph(_Graph):
         return torch.matmul(matrices[0], torch.matmul(y, matrices[1].t()))
 
 
+def _keeps_an_axis(hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> torch.Tensor:
+    """`modes.keeps_an_axis` as a scalar bool tensor: where the graphs resample instead."""
+    same = [_as_float64(hr_size[k], like) == _as_float64(lr_size[k], like) for k in range(2)]
+    return same[0] | same[1]
+
+
+def _guarded(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """`out`, or all NaN when `image` strays outside [0, 1] (by more than the runner's slack):
+    a 0..255 input gives NaN, which no caller can mistake for an image."""
+    low, high = image.amin(dim=(0, 1, 2, 3)), image.amax(dim=(0, 1, 2, 3))
+    wrong = (low < -RANGE_SLACK) | (high > 1 + RANGE_SLACK) | torch.isnan(high) | torch.isnan(low)
+    return torch.where(wrong, torch.full_like(out, float("nan")), out)
+
+
 class DownscaleGraph(_MiddleGraph):
     """(hr, lr_shape) -> lr: `Rescaler.downscale` of a whole image, geometry computed in the graph."""
 
@@ -234,11 +253,12 @@ class DownscaleGraph(_MiddleGraph):
         if self.model.config.mode in ("naive", "middle"):
             choices = _steps_graph(self.model, hr_size, lr_size, hr)
             lr = _select([(self.down(hr, lr_size, k), selected) for k, selected in choices])
-            return torch.round(lr.clamp(0, 1) * 255) / 255
-        grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
-        source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
-        lr = _resize(source, lr_size)
-        return torch.round(lr.clamp(0, 1) * 255) / 255
+        else:
+            grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
+            source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
+            lr = _resize(source, lr_size)
+        lr = torch.where(_keeps_an_axis(hr_size, lr_size, hr), _resize(hr, lr_size), lr)
+        return _guarded(torch.round(lr.clamp(0, 1) * 255) / 255, hr)
 
 
 class UpscaleGraph(_MiddleGraph):
@@ -248,10 +268,12 @@ class UpscaleGraph(_MiddleGraph):
         hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
         if self.model.config.mode in ("naive", "middle"):
             choices = _steps_graph(self.model, hr_size, lr_size, lr)
-            return _select([(self.up(lr, hr_size, k), selected) for k, selected in choices]).clamp(0, 1)
-        grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
-        hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
-        return hr.clamp(0, 1)
+            hr = _select([(self.up(lr, hr_size, k), selected) for k, selected in choices])
+        else:
+            grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
+            hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
+        hr = torch.where(_keeps_an_axis(hr_size, lr_size, lr), _resize(lr, hr_size), hr)
+        return _guarded(hr.clamp(0, 1), lr)
 
 
 def onnx_paths(name: str | os.PathLike) -> tuple[Path, Path]:
@@ -288,11 +310,83 @@ def export_onnx(model: IARN | Rescaler, downscale_path: str | os.PathLike, upsca
                 dynamic_shapes=(image_dims, shape_dims),
                 opset_version=OPSET,
                 dynamo=True,
-                optimize=True,
+                optimize=False,  # its rewriter took most of the export time; onnxruntime optimises at load
                 verbose=False,
             )
+        program.model.metadata_props[CONFIG_KEY] = model.config.to_json()
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         atomic_write(Path(path), lambda tmp, program=program: program.save(str(tmp)))
+
+
+class OnnxRescaler:
+    """The exported graphs in onnxruntime, with `Rescaler`'s checks in front of them: numpy
+    (1, 3, H, W) float32 in [0, 1] in and out, a wrong range, shape, size or scale refused with
+    a one-line ValueError before the graph runs (the graphs themselves can only answer NaN).
+
+        model = OnnxRescaler("iarn-downscale.onnx", "iarn-upscale.onnx")
+        lr = model.downscale(hr, scale=2.7)
+        restored = model.upscale(lr, size=hr.shape[-2:])
+    """
+
+    def __init__(
+        self, downscale_path: str | os.PathLike, upscale_path: str | os.PathLike, providers: list[str] | None = None
+    ) -> None:
+        import onnxruntime
+
+        providers = providers or ["CPUExecutionProvider"]
+        self.down, self.up = (
+            onnxruntime.InferenceSession(str(path), providers=providers) for path in (downscale_path, upscale_path)
+        )
+        stored = self.down.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
+        self.config = ModelConfig.from_dict(json.loads(stored)) if stored else None
+        self.max_scale = self.config.max_scale if self.config else ModelConfig().max_scale
+
+    def downscale(self, hr, size: tuple[int, int] | None = None, scale=None):
+        """HR (1, 3, H, W) float32 in [0, 1] -> LR (1, 3, h, w) rounded to 8 bits; `size` or
+        `scale` as in `Rescaler.downscale`."""
+        _check_array(hr, "downscale")
+        lr_size = target_size(tuple(hr.shape[-2:]), self.max_scale, size=size, scale=scale)
+        _check_sides(tuple(hr.shape[-2:]), lr_size)
+        (lr,) = self.down.run(None, {"hr": _float32(hr), "lr_shape": _shape_input(lr_size)})
+        return lr
+
+    def upscale(self, lr, size: tuple[int, int]):
+        """LR (1, 3, h, w) float32 in [0, 1] -> HR (1, 3, H, W) in [0, 1] with `size=(H, W)`."""
+        _check_array(lr, "upscale")
+        hr_size = check_upscale_size(size, tuple(lr.shape[-2:]), self.max_scale)
+        _check_sides(hr_size, tuple(lr.shape[-2:]))
+        (hr,) = self.up.run(None, {"lr": _float32(lr), "hr_shape": _shape_input(hr_size)})
+        return hr
+
+
+def _check_array(x, what: str) -> None:
+    import numpy as np
+
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{what} takes a numpy array (1, 3, H, W), got {type(x).__name__}")
+    if x.ndim != 4 or x.shape[:2] != (1, 3):
+        raise ValueError(f"{what} takes a (1, 3, H, W) array (the graphs take batch 1), got shape {x.shape}")
+    check_image(torch.from_numpy(np.ascontiguousarray(x)), what)
+
+
+def _check_sides(hr_size: tuple, lr_size: tuple) -> None:
+    if min(*hr_size, *lr_size) < MIN_SIDE:
+        raise ValueError(
+            f"the ONNX graphs take sides of at least {MIN_SIDE} pixels, got {hr_size[1]}x{hr_size[0]} and "
+            f"{lr_size[1]}x{lr_size[0]} (iarn itself takes any size)"
+        )
+
+
+def _float32(x):
+    import numpy as np
+
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _shape_input(size: tuple[int, int]):
+    import numpy as np
+
+    return np.zeros(size, np.uint8)
 
 
 @contextlib.contextmanager

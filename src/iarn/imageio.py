@@ -25,6 +25,7 @@ import contextlib
 import os
 import struct
 import warnings
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -35,6 +36,8 @@ from .files import PNG_LEVEL, TargetExists, atomic_write
 
 HR_SIZE_KEY = "iarn:hr_size"
 MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.weights_id)
+REFINE_KEY = "iarn:refine"  # the refinement steps that chose the LR (0: the network's own LR)
+PIXELS_KEY = "iarn:crc32"  # CRC-32 of the LR's pixels as written: a lossy re-encoding changes them
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -52,13 +55,14 @@ class Picture:
     icc_profile: bytes | None = None
     hr_size: tuple[int, int] | None = None  # (H, W) recorded in an iarn LR file
     model_id: str | None = None  # the model recorded in an iarn LR file (NAME@HASH)
+    lossy: str | None = None  # why the pixels are not those iarn wrote (a JPEG, a re-encoded PNG), if known
 
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.shape[0], self.rgb.shape[1]
 
     def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> Picture:
-        return replace(self, rgb=rgb, alpha=alpha, hr_size=None, model_id=None)
+        return replace(self, rgb=rgb, alpha=alpha, hr_size=None, model_id=None, lossy=None)
 
 
 @contextlib.contextmanager
@@ -116,6 +120,7 @@ def picture_from_pil(image: Image.Image) -> Picture:
     icc = image.info.get("icc_profile") or None
     hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
     model_id = _parse_model_id(image.info.get(MODEL_KEY)) if hr_size is not None else None
+    lossy = _lossy_reason(image)
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has no pixels")
@@ -128,7 +133,24 @@ def picture_from_pil(image: Image.Image) -> Picture:
         rgb, alpha = np.ascontiguousarray(rgba[..., :3]), np.ascontiguousarray(rgba[..., 3])
     else:
         rgb, alpha = np.array(image if image.mode == "RGB" else image.convert("RGB")), None
-    return Picture(rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size, model_id=model_id)
+    return Picture(
+        rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size, model_id=model_id, lossy=lossy
+    )
+
+
+def _pixels_crc(image: Image.Image) -> str:
+    return f"{zlib.crc32(image.tobytes()):08x}"
+
+
+def _lossy_reason(image: Image.Image) -> str | None:
+    """Why an opened image's pixels are not the ones iarn wrote, when it can tell: a JPEG, or an
+    LR PNG whose recorded checksum no longer matches (re-encoded lossily, or edited)."""
+    if image.format == "JPEG":
+        return "it is a JPEG"
+    recorded = image.info.get(PIXELS_KEY)
+    if isinstance(recorded, str) and recorded != _pixels_crc(image):
+        return "its pixels are no longer those iarn wrote (re-encoded lossily, or edited)"
+    return None
 
 
 def picture_from_array(array: np.ndarray) -> Picture:
@@ -157,14 +179,20 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
             raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
     except PermissionError:
         raise ImageError(f"{path}: cannot read it (permission denied)") from None
+    size = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with _bomb_limit(allow_huge), Image.open(path) as image:
+                size = image.size
+                _check_decodable(image)
                 image.load()
                 return picture_from_pil(image)
     except ImageError as error:
         raise ImageError(f"{path}: {error}") from None
+    except MemoryError:
+        reason = _too_large(size, available_memory()) if size else "out of memory while decoding it"
+        raise ImageError(f"{path}: {reason}") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{path}: larger than Pillow's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
@@ -176,6 +204,42 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
         raise ImageError(f"{path}: cannot read it (permission denied)") from None
     except (OSError, SyntaxError, ValueError, struct.error, EOFError) as error:
         raise ImageError(f"{path}: truncated or corrupt image ({str(error).splitlines()[0]})") from None
+
+
+DECODE_BYTES_PER_PIXEL = 8  # Pillow's decoded image and the RGB(A) array made from it, at most
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this process may still take (MemAvailable on Linux), or None if unknown."""
+    try:
+        with open("/proc/meminfo") as info:
+            for line in info:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _too_large(size: tuple[int, int], available: int | None) -> str:
+    width, height = size
+    have = f"the {available / 2**30:.1f} GiB of memory available" if available else "the memory available"
+    return (
+        f"too large to decode: its {width}x{height} pixels need about "
+        f"{width * height * DECODE_BYTES_PER_PIXEL / 2**30:.1f} GiB, more than {have} "
+        "(no --tile or --precision helps: decoding needs the whole image; shrink it with another tool first)"
+    )
+
+
+def _check_decodable(image: Image.Image) -> None:
+    """ImageError before decoding an image that cannot fit in memory (a decompression bomb let
+    through by --allow-huge): decoding it would fail or make the machine swap."""
+    available = available_memory()
+    if available is not None and image.width * image.height * DECODE_BYTES_PER_PIXEL > available:
+        raise ImageError(_too_large(image.size, available))
 
 
 def to_pil(picture: Picture) -> Image.Image:
@@ -197,9 +261,11 @@ def write_picture(
     png_level: int = PNG_LEVEL,
     model_id: str | None = None,
     overwrite: bool = True,
+    refine: int | None = None,
 ) -> None:
-    """Write atomically; `hr_size` (H, W) and `model_id` (NAME@HASH of the weights that made an
-    LR) are recorded in PNG text chunks; `png_level` is zlib's level (0-9) for PNG.
+    """Write atomically; `hr_size` (H, W), `model_id` (NAME@HASH of the weights that made an
+    LR) and `refine` (its refinement steps) are recorded in PNG text chunks; `png_level` is
+    zlib's level (0-9) for PNG.
     `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends."""
     path = Path(path)
     image = to_pil(picture)
@@ -216,6 +282,10 @@ def write_picture(
             info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
         if model_id is not None:
             info.add_text(MODEL_KEY, model_id)
+        if refine is not None:
+            info.add_text(REFINE_KEY, str(refine))
+        if hr_size is not None:
+            info.add_text(PIXELS_KEY, _pixels_crc(image))
         options["pnginfo"] = info
         options["compress_level"] = png_level
     elif suffix in (".jpg", ".jpeg"):

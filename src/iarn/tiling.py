@@ -22,6 +22,8 @@ from .model.network import quantize_8bit
 if TYPE_CHECKING:
     from .model import IARN
 
+Range = tuple[int, int]
+
 AUTO_TILE_PIXELS = 1024 * 1024  # on CPUs (and MPS), images with more HR pixels are tiled by default
 # On CUDA an image is processed whole when this many bytes per HR pixel fit in half the free
 # memory: the default-size model peaks at 260 B/px in bf16 (8.3 MP on an H200), about twice in
@@ -101,16 +103,29 @@ def tiled_downscale(
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
     tile_lr = tuple(max(1, round(tile * lr_size[k] / hr_size[k])) for k in range(2))
+    geometry = model.geometry(hr_size, lr_size)
 
     def compute(rows, cols, _index):
-        crop_rows = model.mode.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
-        crop_cols = model.mode.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
+        crop_rows = geometry.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
+        crop_cols = geometry.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
         lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
         return lr
 
     out = torch.zeros(x.shape[0], 3, *lr_size, dtype=dtype, device=x.device)
     return quantize_8bit(_run_tiled(out, tile_lr, overlap, compute))
+
+
+def upscale_spans(model: IARN, hr_size: Size, lr_size: Size, rows: Range, cols: Range, context: int = CONTEXT):
+    """(hr_rows, hr_cols, lr_rows, lr_cols): the grid-aligned HR region, `context` pixels past
+    the HR output `rows` x `cols`, that an upscale tile computes, and the LR crop it reads."""
+    cell = model.cell
+    hr_rows = (_align_down(max(0, rows[0] - context), cell), _align_up(rows[1] + context, cell, hr_size[0]))
+    hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
+    geometry = model.geometry(hr_size, lr_size)
+    lr_rows = geometry.lr_span_for_hr(model, hr_size, lr_size, 0, hr_rows, context)
+    lr_cols = geometry.lr_span_for_hr(model, hr_size, lr_size, 1, hr_cols, context)
+    return hr_rows, hr_cols, lr_rows, lr_cols
 
 
 def tiled_upscale(
@@ -128,13 +143,9 @@ def tiled_upscale(
     lr_size = (lr.shape[-2], lr.shape[-1])
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
-    cell = model.cell
 
     def compute(rows, cols, index):
-        hr_rows = (_align_down(max(0, rows[0] - context), cell), _align_up(rows[1] + context, cell, hr_size[0]))
-        hr_cols = (_align_down(max(0, cols[0] - context), cell), _align_up(cols[1] + context, cell, hr_size[1]))
-        lr_rows = model.mode.lr_span_for_hr(model, hr_size, lr_size, 0, hr_rows, context)
-        lr_cols = model.mode.lr_span_for_hr(model, hr_size, lr_size, 1, hr_cols, context)
+        hr_rows, hr_cols, lr_rows, lr_cols = upscale_spans(model, hr_size, lr_size, rows, cols, context)
         crop = as_float(lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]], dtype)
         noise = seeded_noise(seed, temperature, index)
         hr = model.up_region(crop, hr_size, lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols, noise)

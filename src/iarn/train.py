@@ -18,12 +18,15 @@ progress bar), and `train`, the loop that joins them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import json
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,11 +39,12 @@ from torch import nn
 
 from .data import CropSampler, sample_scale, step_rng
 from .devices import resolve_device
+from .fields import check_choice, check_flag, check_number
 from .files import atomic_write
 from .geometry import size_for_scale
 from .model import IARN, ModelConfig, quantize_8bit
 from .resample import resize
-from .weights import load_weights, save_weights
+from .weights import check_finite, load_weights, save_weights
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 # Fields that describe where and how fast a run executes, not what it learns: a resumed run may
@@ -59,13 +63,54 @@ RUNTIME_FIELDS = (
 )
 
 
+# Every number a run takes, with the values it may have: config files and flags meet the same
+# checks (fields.check_number), so neither can start a run that is bound to fail or diverge.
+TRAIN_BOUNDS = {
+    "steps": (1, 10**9),
+    "batch_size": (1, 4096),
+    "crop": (8, 4096),
+    "lr": (1e-9, 1.0),
+    "warmup": (0, 10**9),
+    "grad_clip": (1e-6, 1e6),
+    "lambda_rec": (0.0, 1e4),
+    "lambda_lr": (1e-4, 1e4),
+    "lr_psnr_target": (0.0, 80.0),
+    "lr_shortfall_power": (0.0, 16.0),
+    "lambda_z": (0.0, 1e4),
+    "scale_min": (1.0, 16.0),
+    "scale_max": (1.0, 16.0),
+    "scale_power": (-1.0, 16.0),
+    "asymmetric_share": (0.0, 1.0),
+    "integer_share": (0.0, 1.0),
+    "seed": (0, 2**63 - 1),
+    "checkpoint_every": (1, 10**9),
+    "log_every": (1, 10**9),
+    "threads": (0, 4096),
+}
+WHOLE_FIELDS = ("steps", "batch_size", "crop", "warmup", "seed", "checkpoint_every", "log_every", "threads")
+
+
+# The architecture `iarn train` builds unless told otherwise: the shipped default's. A run that
+# names another mode starts from ModelConfig's defaults instead (naive needs 1 level, ...).
+SHIPPED_MODEL = ModelConfig(mode="middle", levels=2, blocks_per_level=4, growth=16, step_stages="per-count")
+
+
+def model_config(values: dict) -> ModelConfig:
+    """The ModelConfig of a run from the fields it names; the rest from SHIPPED_MODEL when the
+    mode is the shipped one (or not named), else from ModelConfig's defaults."""
+    if not isinstance(values, dict):
+        raise ValueError(f"model must be a mapping of ModelConfig fields, got {values!r}")
+    base = dataclasses.asdict(SHIPPED_MODEL) if values.get("mode", SHIPPED_MODEL.mode) == SHIPPED_MODEL.mode else {}
+    return ModelConfig.from_dict({**base, **values})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything a run needs besides the model's architecture (`model`)."""
 
     data: tuple[str, ...] = ()
     out: str = "runs/iarn"
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: SHIPPED_MODEL)
     steps: int = 20000
     batch_size: int = 16
     crop: int = 144
@@ -75,14 +120,14 @@ class TrainConfig:
     grad_clip: float = 10.0
     lambda_rec: float = 1.0  # L1(upscale(quantised LR), HR), mean over pixels
     lambda_lr: float = 8.0  # L2(LR, bicubic(HR)), mean over pixels; the start value when adaptive
-    lr_psnr_target: float = 0.0  # > 0: adapt lambda_lr each step to hold the LR's PSNR (RGB, dB) there
-    lr_shortfall_power: float = 0.0  # > 0: a step whose LR misses the target gets (mse/target)**p more weight
+    lr_psnr_target: float = 44.0  # > 0: adapt lambda_lr each step to hold the LR's PSNR (RGB, dB) there
+    lr_shortfall_power: float = 2.0  # > 0: a step whose LR misses the target gets (mse/target)**p more weight
     lambda_z: float = 1.0  # mean(z^2) (split, naive) or mean((x' - up(LR))^2) (cycle)
-    scale_min: float = 1.1
+    scale_min: float = 1.0
     scale_max: float = 4.0
-    scale_power: float = 2.0  # density of s proportional to s**power (AIDN: 2; -1: log-uniform)
+    scale_power: float = 1.0  # density of s proportional to s**power (AIDN: 2; -1: log-uniform)
     asymmetric_share: float = 0.3
-    integer_share: float = 0.0  # share of steps at a whole-number scale of [scale_min, scale_max]
+    integer_share: float = 0.25  # share of steps at a whole-number scale of [scale_min, scale_max]
     seed: int = 0
     checkpoint_every: int = 500
     log_every: int = 20
@@ -93,28 +138,28 @@ class TrainConfig:
     threads: int = 0  # CPU threads for torch (0: torch's default)
 
     def __post_init__(self) -> None:
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError("schedule must be cosine or step")
-        if self.amp not in ("none", "bf16"):
-            raise ValueError("amp must be none or bf16")
-        if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}")
-        for name in ("steps", "batch_size", "crop", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.threads < 0:
-            raise ValueError("warmup and threads must not be negative")
-        if not (self.lr > 0 and self.grad_clip > 0):
-            raise ValueError("lr and grad_clip must be positive")
+        check_choice("schedule", self.schedule, ("cosine", "step"))
+        check_choice("amp", self.amp, ("none", "bf16"))
+        check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
+        check_flag("compile", self.compile)
+        for name in ("out", "device"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name} must be a non-empty string, got {getattr(self, name)!r}")
+        if not isinstance(self.data, tuple) or not all(isinstance(d, str) for d in self.data):
+            raise ValueError(f"data must be a list of folders, got {self.data!r}")
+        if not isinstance(self.model, ModelConfig):
+            raise ValueError(f"model must be a ModelConfig, got {type(self.model).__name__}")
+        for name, (low, high) in TRAIN_BOUNDS.items():
+            check_number(name, getattr(self, name), low, high, whole=name in WHOLE_FIELDS)
         if self.crop % (2 * 2**self.model.levels):
-            raise ValueError(f"crop must be a multiple of {2 * 2**self.model.levels}")
-        if not 1.0 <= self.scale_min <= self.scale_max <= self.model.max_scale:
-            raise ValueError("need 1 <= scale_min <= scale_max <= model.max_scale")
-        if self.lr_shortfall_power < 0 or (self.lr_shortfall_power > 0 and self.lr_psnr_target <= 0):
-            raise ValueError("lr_shortfall_power must be >= 0, and needs an lr_psnr_target")
-        for name in ("asymmetric_share", "integer_share"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+            raise ValueError(f"crop must be a multiple of {2 * 2**self.model.levels}, got {self.crop}")
+        if not self.scale_min <= self.scale_max <= self.model.max_scale:
+            raise ValueError(
+                f"need 1 <= scale_min <= scale_max <= model.max_scale ({self.model.max_scale:g}), "
+                f"got {self.scale_min:g} and {self.scale_max:g}"
+            )
+        if self.lr_shortfall_power > 0 and self.lr_psnr_target <= 0:
+            raise ValueError("lr_shortfall_power needs an lr_psnr_target (the LR PSNR a shortfall is measured from)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -122,12 +167,12 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
         values = dict(values)
-        model = ModelConfig.from_dict(values.pop("model", {}) or {})
+        model = model_config(values.pop("model", {}) or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown training config fields {unknown}")
-        if "data" in values:
+        if isinstance(values.get("data"), list):
             values["data"] = tuple(values["data"])
         return cls(model=model, **values)
 
@@ -161,6 +206,8 @@ def read_config_file(path: str | os.PathLike) -> dict:
             raise ValueError(f"{path}: not valid JSON ({error})") from None
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected a mapping of config fields")
+    if not isinstance(values.get("model", {}), dict):
+        raise ValueError(f"{path}: model must be a mapping of ModelConfig fields, got {values['model']!r}")
     return values
 
 
@@ -182,7 +229,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
             continue
         old = saved.get(name)
         if name == "model":
-            old_model = {**dataclasses.asdict(ModelConfig()), **(old or {})}
+            old_model = dataclasses.asdict(model_config(old or {}))
             changed += [f"model.{k}" for k, v in value.items() if old_model.get(k) != v]
         elif old != value and not (isinstance(old, list) and tuple(old) == value):
             changed.append(name)
@@ -221,7 +268,7 @@ class RescaleLoss(nn.Module):
             # the controller holds the *mean* LR PSNR at the target; this holds each step's (each
             # step is one scale), so no scale (the very asymmetric ones first) falls far below it
             shortfall = (lr_fit.detach() * 10 ** (self.cfg.lr_psnr_target / 10)).clamp_min(1.0)
-            lambda_lr = lambda_lr * shortfall**self.cfg.lr_shortfall_power
+            lambda_lr = (lambda_lr * shortfall**self.cfg.lr_shortfall_power).clamp(max=MAX_LAMBDA_LR)
         total = self.cfg.lambda_rec * rec + lambda_lr * lr_fit + self.cfg.lambda_z * latent
         return {"loss": total, "rec": rec, "lr_fit": lr_fit, "latent": latent}
 
@@ -229,6 +276,12 @@ class RescaleLoss(nn.Module):
 ADAPT_GAIN = 0.002  # change of ln(lambda_lr) per step and dB of LR PSNR off the target
 ADAPT_MAX_ERROR = 5.0  # dB; so an early, near-perfect LR (a fresh cycle model's is exact) moves lambda gently
 ADAPT_BOUNDS = (0.01, 1000.0)
+MAX_LAMBDA_LR = 1e4  # the LR weight with the shortfall factor: (mse/target)**p overflows at large p
+MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row after which a run stops: it has diverged
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many steps in a row had a non-finite loss or gradient."""
 
 
 def adapt_lambda_lr(log_lambda: torch.Tensor, lr_fit: torch.Tensor, target: float) -> None:
@@ -303,6 +356,8 @@ class TrainState:
     optimizer: torch.optim.Optimizer
     step: int
     log_lambda_lr: torch.Tensor
+    skipped: int = 0  # steps whose loss or gradient was not finite (not applied), this invocation
+    skipped_in_a_row: int = 0
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
@@ -353,6 +408,7 @@ def save_checkpoint(state: TrainState, cfg: TrainConfig, path: Path) -> None:
         "log_lambda_lr": float(state.log_lambda_lr),
         "train_config": cfg.to_dict(),
     }
+    check_finite(payload, path)
     try:
         atomic_write(path, lambda tmp: torch.save(payload, tmp))
     except RuntimeError as error:  # torch's zip writer on a full disk: "[enforce fail ...] unexpected pos"
@@ -372,7 +428,9 @@ def next_batch(
     rng = step_rng(cfg.seed, rank, step)
     scale = sample_scale(rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share, cfg.integer_share)
     hr = sampler.batch(cfg.batch_size, rng).float().div_(255)
-    return hr, size_for_scale((cfg.crop, cfg.crop), scale), scale
+    # an axis that kept its size would take the bicubic path (modes.Resample), not the model's
+    lr_size = tuple(min(cfg.crop - 1, n) for n in size_for_scale((cfg.crop, cfg.crop), scale))
+    return hr, lr_size, scale
 
 
 def train_step(
@@ -391,17 +449,26 @@ def train_step(
     lambda_lr = state.log_lambda_lr.exp() if adaptive else cfg.lambda_lr
     with torch.autocast(state.log_lambda_lr.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
         losses = loss_module(hr, lr_size, lambda_lr)
+    state.optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
+    finite = torch.isfinite(grad_norm) & torch.isfinite(losses["loss"].detach())
+    if world > 1:  # DDP averages the gradients, but a rank's own loss may be the non-finite one
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    state.step += 1
+    if not bool(finite):  # never applied: not to the weights, Adam's moments or lambda_lr
+        state.optimizer.zero_grad(set_to_none=True)
+        state.skipped += 1
+        state.skipped_in_a_row += 1
+        return {**losses, "lambda_lr": torch.as_tensor(lambda_lr)}, grad_norm
+    state.skipped_in_a_row = 0
     if adaptive:
         lr_fit = losses["lr_fit"].detach().clone()
         if world > 1:  # every rank keeps the same weight
             dist.all_reduce(lr_fit)
             lr_fit /= world
         adapt_lambda_lr(state.log_lambda_lr, lr_fit, cfg.lr_psnr_target)
-    state.optimizer.zero_grad(set_to_none=True)
-    losses["loss"].backward()
-    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
     state.optimizer.step()
-    state.step += 1
     return {**losses, "lambda_lr": torch.as_tensor(lambda_lr)}, grad_norm
 
 
@@ -412,7 +479,9 @@ def make_loss_module(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> n
     module: nn.Module = RescaleLoss(state.model, cfg)
     if runtime.ddp:
         device_ids = [runtime.device.index] if runtime.device.type == "cuda" else None
-        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        # a middle model's step runs only the stages of its step count, so some get no gradient
+        unused = cfg.model.mode == "middle"
+        module = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused)
     return module
 
 
@@ -522,7 +591,39 @@ def train(
     one, so that the schedule, not the clock, ends the run. `clock` (seconds) is what every
     duration is measured with (a test passes its own). The log always records the step the run
     stops at, whatever stopped it.
+
+    Ctrl-C or SIGTERM ends the run after the step in progress: the checkpoint of that step is
+    written, then KeyboardInterrupt is raised (a second signal interrupts at once). A step whose
+    loss or gradient is not finite is skipped (counted in the log as `skipped`); after
+    MAX_SKIPPED_IN_A_ROW of them in a row, TrainingDiverged, with the last good checkpoint kept.
     """
+    with stop_signals() as interrupted:
+        return _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, clock, interrupted)
+
+
+@contextlib.contextmanager
+def stop_signals():
+    """An Event that SIGINT and SIGTERM set while the block runs (the main thread only; elsewhere
+    nothing is caught); a second signal raises KeyboardInterrupt as usual."""
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def on_signal(signum, frame):
+        if interrupted.is_set():
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield interrupted
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, clock, interrupted) -> Path:
     if fit_steps and not max_minutes:
         raise ValueError("fit_steps needs max_minutes (the time the schedule should fill)")
     out = Path(cfg.out)
@@ -569,6 +670,7 @@ def train(
             steps_per_s=round(rate, 3),
             mp_per_s=round(rate * runtime.world * cfg.batch_size * cfg.crop**2 / 1e6, 3),
             scale=[round(s, 3) for s in scale],
+            skipped=state.skipped,
             time=time.time(),
         )
         log.record(state.step, values)
@@ -585,8 +687,19 @@ def train(
                 log.set_total(cfg.steps)
         if stop_at is not None and state.step >= stop_at or _out_of_time(clock() - started, max_minutes, runtime):
             break
+        if _on_any_rank(interrupted.is_set(), runtime):
+            break
         hr, lr_size, scale = next_batch(sampler, cfg, runtime.rank, state.step)
         losses, grad_norm = train_step(loss_module, state, cfg, hr, lr_size, runtime.world)
+        if state.skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            if log is not None:
+                record(losses, grad_norm, scale)
+                log.close()
+            kept = f"{checkpoint_path} (the last good state) is kept" if checkpoint_path.exists() else "none saved"
+            raise TrainingDiverged(
+                f"training diverged: {state.skipped_in_a_row} steps in a row up to step {state.step} had a non-finite "
+                f"loss or gradient and were not applied; {kept}. Lower --lr, --lr-shortfall-power or --grad-clip"
+            )
         window_steps += 1
         unlogged = (losses, grad_norm, scale)
         if log is not None and (state.step % cfg.log_every == 0 or state.step == cfg.steps):
@@ -601,6 +714,10 @@ def train(
     if runtime.master:
         save_checkpoint(state, cfg, checkpoint_path)
         log.close()
+    if state.step < cfg.steps and _on_any_rank(interrupted.is_set(), runtime):
+        if runtime.master:
+            print(f"interrupted at step {state.step}: wrote {checkpoint_path} (go on with --resume auto)", flush=True)
+        raise KeyboardInterrupt
     final = out / "model.safetensors"
     if runtime.master:
         save_weights(state.model, final, training={"steps": state.step, "train_config": cfg.to_dict()})
@@ -645,9 +762,13 @@ def _checked_resume(cfg: TrainConfig, checkpoint: dict) -> TrainConfig:
 def _out_of_time(elapsed: float, max_minutes: float | None, runtime: Runtime) -> bool:
     if max_minutes is None:  # nothing to agree on: no collective, no host sync per step
         return False
-    out_of_time = elapsed > 60 * max_minutes
-    if runtime.ddp:  # every rank must agree to stop at the same step
-        flag = torch.tensor(float(out_of_time), device=runtime.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        out_of_time = bool(flag.item())
-    return out_of_time
+    return _on_any_rank(elapsed > 60 * max_minutes, runtime)
+
+
+def _on_any_rank(flag: bool, runtime: Runtime) -> bool:
+    """Whether `flag` holds on any rank: every rank must agree to stop at the same step."""
+    if not runtime.ddp:
+        return flag
+    value = torch.tensor(float(flag), device=runtime.device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())

@@ -36,7 +36,22 @@ def save_weights(model: IARN, path: str | os.PathLike, training: dict | None = N
     if training is not None:
         metadata["training"] = json.dumps(training, sort_keys=True)
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+    check_finite(tensors, path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def check_finite(tensors: dict, path: str | os.PathLike) -> None:
+    """WeightsError when a floating tensor of `tensors` (nested dicts and lists too, as in an
+    optimiser's state) holds a NaN or an infinity: such a file is never written."""
+    stack = [("", tensors)]
+    while stack:
+        name, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{name}.{k}" if name else str(k), v) for k, v in value.items()]
+        elif isinstance(value, (list, tuple)):
+            stack += [(f"{name}[{i}]", v) for i, v in enumerate(value)]
+        elif isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(value.isfinite().all()):
+            raise WeightsError(f"{path}: not written, {name} holds non-finite values (NaN or infinity)")
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -20,11 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..fields import check_choice, check_number
 from ..geometry import Size
 from .coupling import CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
 from .haar import haar_forward, haar_inverse, level_size
-from .modes import MODES, Mode, NoiseFn
+from .modes import MODES, RESAMPLE, Mode, NoiseFn, keeps_an_axis
 
 # Sane bounds, checked before anything is built: a weight file's config cannot ask for absurd sizes.
 CONFIG_BOUNDS = {
@@ -73,23 +74,14 @@ class ModelConfig:
     step_stages: str = "shared"
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {tuple(MODES)}, got {self.mode!r}")
-        if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding must be one of {ENCODINGS}, got {self.encoding!r}")
+        check_choice("mode", self.mode, tuple(MODES))
+        check_choice("encoding", self.encoding, ENCODINGS)
+        check_choice("back", self.back, BACKS)
+        check_choice("step_stages", self.step_stages, STEP_STAGES)
+        for name, (low, high) in CONFIG_BOUNDS.items():
+            check_number(name, getattr(self, name), low, high, whole=name in ("levels", "blocks_per_level", "growth"))
         if self.mode == "naive" and self.levels != 1:
             raise ValueError("mode naive is a x2 model: it needs levels = 1")
-        if self.back not in BACKS:
-            raise ValueError(f"back must be one of {BACKS}, got {self.back!r}")
-        if self.step_stages not in STEP_STAGES:
-            raise ValueError(f"step_stages must be one of {STEP_STAGES}, got {self.step_stages!r}")
-        for name, (low, high) in CONFIG_BOUNDS.items():
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high):
-                raise ValueError(f"{name} must be a number from {low:g} to {high:g}, got {value!r}")
-        for name in ("levels", "blocks_per_level", "growth"):
-            if not isinstance(getattr(self, name), int):
-                raise ValueError(f"{name} must be a whole number, got {getattr(self, name)!r}")
         if self.mode == "middle" and 2**self.levels < self.max_scale:
             raise ValueError(f"mode middle needs 2^levels >= max_scale, got levels {self.levels}, max {self.max_scale}")
 
@@ -147,6 +139,11 @@ class IARN(nn.Module):
     def mode(self) -> Mode:
         """How the LR is formed (model/modes.py)."""
         return MODES[self.config.mode]
+
+    def geometry(self, hr_size: Size, lr_size: Size) -> Mode:
+        """The mode that maps between these sizes: the model's own, or plain bicubic where an
+        axis keeps its size (`modes.Resample`). Tiles, spans and core sizes ask it."""
+        return RESAMPLE if keeps_an_axis(hr_size, lr_size) else self.mode
 
     @property
     def levels(self) -> int:
@@ -242,7 +239,7 @@ class IARN(nn.Module):
         needs (the mode's: `z` in `split` mode, the full-resolution image `x'` in `cycle` mode).
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
-        return self.mode.down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols)
+        return self.geometry(hr_size, lr_size).down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols)
 
     def up_region(
         self,
@@ -258,7 +255,7 @@ class IARN(nn.Module):
         LR crop starting at `lr_start`. Unclamped. `noise(shape)` samples `z` in `split` mode
         (default zeros)."""
         hr_rows, hr_cols = _full(hr_rows, hr_size[0]), _full(hr_cols, hr_size[1])
-        return self.mode.up(self, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise)
+        return self.geometry(hr_size, lr_size).up(self, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise)
 
 
 __all__ = ["IARN", "ModelConfig", "quantize_8bit"]

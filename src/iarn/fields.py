@@ -1,0 +1,34 @@
+"""Checks of config fields, shared by ModelConfig and TrainConfig (and so by the command line
+and config files alike): each raises ValueError naming the field, its allowed values and what
+it got, on one line."""
+
+from __future__ import annotations
+
+import math
+
+
+def check_number(name: str, value: object, low: float, high: float, whole: bool = False) -> None:
+    """`value` is a finite number (a whole one when `whole`) in [low, high]; bools are not numbers."""
+    kind = "a whole number" if whole else "a number"
+    is_number = isinstance(value, int) if whole else isinstance(value, (int, float))
+    if (
+        not is_number
+        or isinstance(value, bool)
+        or not (isinstance(value, int) or math.isfinite(value))
+        or not low <= value <= high
+    ):
+        raise ValueError(f"{name} must be {kind} from {_show(low)} to {_show(high)}, got {value!r}")
+
+
+def _show(bound: float) -> str:
+    return str(bound) if isinstance(bound, int) else f"{bound:g}"
+
+
+def check_choice(name: str, value: object, choices: tuple) -> None:
+    if not isinstance(value, type(choices[0])) or value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")

@@ -1,0 +1,237 @@
+"""Encode-time refinement: choose the 8-bit LR that the model's own upscaler restores best.
+
+The encoder has the HR, so it can spend compute at downscale time: starting from the network's
+LR, `steps` optimisation steps on the LR pixels (normalised gradient descent with momentum by
+default, Adam as an option) minimise the HR error of `upscale(q(LR))`, q the 8-bit
+rounding (straight-through gradient), while the LR stays a good-looking downscale: after every
+step its Y deviation from the 8-bit reference bicubic LR is projected back onto the bound
+`lr_psnr_min` (PSNR-Y in dB). The step size decays (cosine) and the best iterate is kept, per
+image, by the loss of exactly the 8-bit LR that is returned, so refinement never returns an LR
+that restores worse than the network's own (on its loss), nor one below the bound (unless the
+network's own LR already is, in which case that level is the bound). The upscaler is unchanged:
+a refined LR is an ordinary iarn LR (docs/design.md section 3, "Refinement").
+
+Large images: the gradient of the whole-image loss is accumulated over tiles of the HR (each
+tile upscaled from its LR crop with the tiler's context, its loss on its core only) and the
+step is taken on the whole LR, so a tiled refinement follows the whole one's iterates up to the
+tiler's own tolerance and cannot show seams.
+
+Shapes: HR (B, 3, H, W) float in [0, 1] (or uint8); LR (B, 3, h, w) float, 8-bit values.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+
+from .geometry import Size
+from .model.network import quantize_8bit
+from .resample import resize
+from .tiling import CONTEXT, as_float, upscale_spans
+
+if TYPE_CHECKING:
+    from .model import IARN
+
+LOSSES = ("rgb", "y")
+OPTIMIZERS = ("adam", "gd")
+MOMENTUM = 0.5  # of `gd`: each step adds half the one before
+MAX_REFINE_STEPS = 10_000
+# Memory policy (Rescaler.refine_tile): bytes kept for the backward pass per pixel of the image
+# the core runs on (a generous bound on the activations of the bundled model's upscale in fp32),
+# whole images up to a budget on CPUs.
+REFINE_BYTES_PER_PIXEL = 2000
+REFINE_WHOLE_BYTES = 4 << 30
+REFINE_TILE = 512
+LR_PSNR_MARGIN = 0.02  # dB above the bound that the projection aims at, so that rounding keeps it
+# BT.601 luma weights for RGB in [0, 1] -> Y / 255 (the offset 16 cancels in differences)
+Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+
+
+@dataclass(frozen=True)
+class RefineConfig:
+    """steps: optimisation steps on the LR (0: the network's LR unchanged).
+    lr_psnr_min: the LR's PSNR-Y against the 8-bit reference bicubic LR stays at least this
+        (dB); 0 lifts the bound.
+    loss: what the HR error is measured in: `y` (BT.601 luma, the protocol's channel, plus a
+        tenth of the RGB error so that colour cannot drift) or `rgb` (R, G and B alike).
+    optimizer: `gd` (gradient descent with momentum, each image's step normalised to an RMS of
+        `step_size` over its LR pixels) or `adam` (every pixel's first steps are `step_size`).
+    step_size: the first step in 8-bit LR levels (1/255); a cosine takes it down to a tenth.
+    The defaults are the measured best (docs/results.md, "Refinement")."""
+
+    steps: int = 0
+    lr_psnr_min: float = 44.0
+    loss: str = "y"
+    optimizer: str = "gd"
+    step_size: float = 0.3
+
+    def __post_init__(self) -> None:
+        check_refine_steps(self.steps)
+        if isinstance(self.lr_psnr_min, bool) or not isinstance(self.lr_psnr_min, (int, float)):
+            raise ValueError(f"the LR PSNR bound must be a number of dB, got {self.lr_psnr_min!r}")
+        if not (math.isfinite(self.lr_psnr_min) and 0 <= self.lr_psnr_min <= 100):
+            raise ValueError(f"the LR PSNR bound must be from 0 to 100 dB, got {self.lr_psnr_min!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"refine loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"refine optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)):
+            raise ValueError(f"refine step size must be a number of levels, got {self.step_size!r}")
+        if not (math.isfinite(self.step_size) and 0 < self.step_size <= 64):
+            raise ValueError(f"refine step size must be above 0 and at most 64 levels, got {self.step_size!r}")
+
+
+def check_refine_steps(steps) -> None:
+    """Refuse what is not a whole number of steps from 0 to MAX_REFINE_STEPS."""
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise ValueError(f"refine must be a whole number of steps, got {steps!r}")
+    if not 0 <= steps <= MAX_REFINE_STEPS:
+        raise ValueError(f"refine must be from 0 to {MAX_REFINE_STEPS} steps, got {steps}")
+
+
+def luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, ...) RGB in [0, 1] -> (B, 1, ...) BT.601 Y / 255 without its offset."""
+    w = torch.tensor(Y_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, *([1] * (x.ndim - 2)))
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def lr_psnr_y(lr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """PSNR-Y (dB, per image, float64) of an LR against the reference LR, both (B, 3, h, w)."""
+    mse = luma((lr - reference).double()).pow(2).mean(dim=(1, 2, 3))
+    return 10 * torch.log10(1 / mse.clamp_min(1e-20))
+
+
+def project_lr(v: torch.Tensor, reference: torch.Tensor, floor_db: torch.Tensor) -> torch.Tensor:
+    """The nearest LR to `v` whose Y deviation from `reference` has PSNR-Y >= floor_db (per image):
+    only the luma component of the deviation is scaled down (the bound does not see chroma);
+    then clamped to [0, 1]."""
+    d = v - reference
+    w = torch.tensor(Y_WEIGHTS, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
+    yd = (d * w).sum(dim=1, keepdim=True)
+    mse = yd.double().pow(2).mean(dim=(1, 2, 3))
+    allowed = torch.pow(10.0, -floor_db.double() / 10)
+    shrink = torch.where(mse > allowed, torch.sqrt(allowed / mse.clamp_min(1e-30)), torch.ones_like(mse))
+    shrink = shrink.to(v.dtype).view(-1, 1, 1, 1)
+    return (v - (1 - shrink) * yd * w / w.pow(2).sum()).clamp(0, 1)
+
+
+def _error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+    """Per-image sum of the squared error (B,), in the loss's channels."""
+    diff = pred.clamp(0, 1) - target
+    rgb = diff.pow(2).sum(dim=(1, 2, 3)) / 3
+    if loss == "rgb":
+        return rgb
+    return luma(diff).pow(2).sum(dim=(1, 2, 3)) + 0.1 * rgb
+
+
+class TiledObjective:
+    """The whole-image HR loss of an LR and its gradient, accumulated over HR tiles (or at once)."""
+
+    def __init__(
+        self, network: IARN, hr: torch.Tensor, lr_size: Size, tile: int | None, loss: str, context: int = CONTEXT
+    ) -> None:
+        self.network, self.hr, self.lr_size, self.loss = network, hr, lr_size, loss
+        self.hr_size = (hr.shape[-2], hr.shape[-1])
+        self.context = context
+        self.pixels = self.hr_size[0] * self.hr_size[1]
+        if tile is None:
+            self.tiles = [((0, self.hr_size[0]), (0, self.hr_size[1]))]
+        else:
+            rows = _bounds(self.hr_size[0], tile)
+            cols = _bounds(self.hr_size[1], tile)
+            self.tiles = [(r, c) for r in rows for c in cols]
+
+    def _tile(self, lr: torch.Tensor, rows, cols, grad: torch.Tensor | None) -> torch.Tensor:
+        net, dtype = self.network, self.network.state_dtype
+        whole = len(self.tiles) == 1
+        if whole:
+            hr_rows, hr_cols, lr_rows, lr_cols = rows, cols, (0, self.lr_size[0]), (0, self.lr_size[1])
+        else:
+            spans = upscale_spans(net, self.hr_size, self.lr_size, rows, cols, self.context)
+            hr_rows, hr_cols, lr_rows, lr_cols = spans
+        # a leaf of its own (never an inference tensor), so each tile's backward is its own
+        crop = lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]].detach().clone()
+        crop.requires_grad_(grad is not None)
+        with torch.set_grad_enabled(grad is not None):
+            pred = net.up_region(
+                quantize_8bit(crop), self.hr_size, self.lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols
+            )
+            pred = pred[..., rows[0] - hr_rows[0] : rows[1] - hr_rows[0], cols[0] - hr_cols[0] : cols[1] - hr_cols[0]]
+            target = as_float(self.hr[..., rows[0] : rows[1], cols[0] : cols[1]], dtype)
+            error = _error(pred, target, self.loss)
+            if grad is not None:
+                (crop_grad,) = torch.autograd.grad(error.sum() / self.pixels, crop)
+                grad[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]] += crop_grad
+        return error.detach()
+
+    def __call__(self, lr: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(per-image loss of q(lr): mean squared error per HR pixel (B,), its gradient or None)."""
+        grad = torch.zeros_like(lr) if with_grad else None
+        total = torch.zeros(lr.shape[0], dtype=torch.float64, device=lr.device)
+        for rows, cols in self.tiles:
+            total += self._tile(lr, rows, cols, grad).double()
+        return total / self.pixels, grad
+
+
+def _bounds(length: int, tile: int) -> list[tuple[int, int]]:
+    count = max(1, -(-length // max(1, tile)))
+    edges = [round(k * length / count) for k in range(count + 1)]
+    return [(edges[k], edges[k + 1]) for k in range(count) if edges[k + 1] > edges[k]]
+
+
+def refine_lr(
+    network: IARN,
+    hr: torch.Tensor,
+    lr: torch.Tensor,
+    config: RefineConfig,
+    tile: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """The refined 8-bit LR (B, 3, h, w) for HR `hr` (B, 3, H, W, float in [0, 1] or uint8),
+    starting from the network's 8-bit LR `lr`. `tile`: HR tile side for the gradient (None:
+    whole image). `progress(step, steps)` is called after every step."""
+    if config.steps == 0:
+        return lr
+    dtype = network.state_dtype
+    lr_size = (lr.shape[-2], lr.shape[-1])
+    # The reference, as the protocol measures the LR: bicubic of the HR, rounded to 8 bits.
+    reference = quantize_8bit(resize(as_float(hr, torch.float64), lr_size)).to(dtype)
+    objective = TiledObjective(network, hr, lr_size, tile, config.loss)
+    v = lr.detach().to(dtype).clone()
+    start_db = lr_psnr_y(v, reference)
+    bounded = config.lr_psnr_min > 0
+    bound = torch.full_like(start_db, config.lr_psnr_min)
+    floor_db = torch.minimum(bound, start_db)  # never stricter than where the network already is
+    aim_db = torch.where(start_db < bound, start_db, bound + LR_PSNR_MARGIN)
+
+    best, best_loss = v.clone(), torch.full_like(start_db, math.inf)
+    first_step = config.step_size / 255
+    velocity = torch.zeros_like(v)
+    adam = torch.optim.Adam([v], lr=first_step) if config.optimizer == "adam" else None
+    for step in range(config.steps + 1):
+        last = step == config.steps
+        q = quantize_8bit(v)
+        loss, grad = objective(v, with_grad=not last)  # the loss of q(v): what would be written
+        feasible = lr_psnr_y(q, reference) >= floor_db - 1e-9 if bounded else torch.ones_like(loss, dtype=torch.bool)
+        better = feasible & (loss < best_loss)
+        best_loss = torch.where(better, loss, best_loss)
+        best[better] = q[better]
+        if last:
+            break
+        size = first_step * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))  # cosine to a tenth
+        if adam is not None:
+            adam.param_groups[0]["lr"] = size
+            v.grad = grad
+            adam.step()
+        else:
+            rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-30)
+            velocity = MOMENTUM * velocity + grad / rms
+            v -= size * velocity
+        v.copy_(project_lr(v, reference, aim_db) if bounded else v.clamp(0, 1))
+        if progress is not None:
+            progress(step + 1, config.steps)
+    return best

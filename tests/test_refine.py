@@ -1,0 +1,204 @@
+"""Encode-time refinement of the LR (refine.py): it helps, it holds its bound, tiles match."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from iarn import load
+from iarn.cli import main
+from iarn.convert import to_tensor
+from iarn.imageio import REFINE_KEY, read_picture
+from iarn.refine import Y_WEIGHTS, RefineConfig, TiledObjective, lr_psnr_y, luma, project_lr, refine_lr
+from iarn.resample import resize
+
+from .conftest import small_model
+
+
+@pytest.fixture(scope="module")
+def bundled():
+    return load("default", device="cpu", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def crop() -> torch.Tensor:
+    """A detailed 64 x 80 crop of the bundled sample, (1, 3, 64, 80) float in [0, 1]."""
+    from iarn.cli import sample_image_path
+
+    rgb = read_picture(sample_image_path()).rgb[200:264, 300:380]
+    return to_tensor(rgb).float() / 255
+
+
+def hr_error(model, lr, hr) -> float:
+    up = model.upscale(lr, size=tuple(hr.shape[-2:]))
+    return float(luma((up * 255).round() / 255 - hr).pow(2).mean())
+
+
+def reference_lr(hr, lr_size):
+    return (resize(hr.double(), lr_size).clamp(0, 1) * 255).round().float() / 255
+
+
+@pytest.mark.parametrize("scale", [2, 3, (1.5, 4)], ids=["x2", "x3", "1.5x4"])
+def test_refinement_restores_better_and_keeps_the_lr_bound(bundled, crop, scale):
+    lr0 = bundled.downscale(crop, scale=scale)
+    lr = bundled.downscale(crop, scale=scale, refine=8)
+    assert lr.shape == lr0.shape
+    assert torch.equal(lr, (lr * 255).round() / 255)  # 8-bit values, as saved
+    assert hr_error(bundled, lr, crop) < 0.95 * hr_error(bundled, lr0, crop)  # 0.2 dB or more
+    reference = reference_lr(crop, tuple(lr.shape[-2:]))
+    assert float(lr_psnr_y(lr, reference)) >= 44.0
+
+
+def test_refine_zero_is_the_network_lr(bundled, crop):
+    assert torch.equal(bundled.downscale(crop, scale=2.5, refine=0), bundled.downscale(crop, scale=2.5))
+
+
+def test_a_strict_bound_is_held_and_the_best_iterate_never_loses(bundled, crop):
+    lr0 = bundled.downscale(crop, scale=3)
+    reference = reference_lr(crop, tuple(lr0.shape[-2:]))
+    start = float(lr_psnr_y(lr0, reference))
+    strict = RefineConfig(steps=6, lr_psnr_min=start - 0.3, step_size=2)
+    free = RefineConfig(steps=6, lr_psnr_min=0, step_size=2)
+    lr_strict = bundled.downscale(crop, scale=3, refine=strict)
+    lr_free = bundled.downscale(crop, scale=3, refine=free)
+    assert float(lr_psnr_y(lr_strict, reference)) >= start - 0.3
+    for lr in (lr_strict, lr_free):
+        assert hr_error(bundled, lr, crop) <= hr_error(bundled, lr0, crop)
+    # a bound above where the network's LR already is: that level is kept, never worse
+    above = bundled.downscale(crop, scale=3, refine=RefineConfig(steps=4, lr_psnr_min=start + 5))
+    assert float(lr_psnr_y(above, reference)) >= start - 1e-6
+
+
+def test_projection_scales_only_the_luma_of_the_deviation():
+    torch.manual_seed(0)
+    reference = torch.rand(2, 3, 9, 11) * 0.5 + 0.25
+    v = reference + torch.randn(2, 3, 9, 11) * 0.02
+    floor = torch.tensor([40.0, 10.0])  # the first is violated, the second is not
+    projected = project_lr(v, reference, floor)
+    db = lr_psnr_y(projected, reference)
+    assert abs(float(db[0]) - 40.0) < 1e-3
+    assert torch.allclose(projected[1], v[1])
+    w = torch.tensor(Y_WEIGHTS).view(1, 3, 1, 1)
+
+    def unseen(d):  # the part of a deviation that luma does not see
+        return d - luma(d) * w / w.pow(2).sum()
+
+    assert torch.allclose(unseen(projected - reference), unseen(v - reference), atol=1e-6)
+
+
+@pytest.mark.parametrize("mode,scale", [("middle", 2.7), ("middle", (1.3, 3.6)), ("cycle", 2.2)])
+def test_tiled_gradient_equals_the_whole_image_gradient(mode, scale):
+    model = small_model(mode=mode, levels=2 if mode == "middle" else 1)
+    torch.manual_seed(1)
+    hr = torch.rand(1, 3, 101, 87)
+    lr = model.downscale(hr, scale=scale)
+    whole_loss, whole = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, "y")(lr)
+    tiled_loss, tiled = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), 32, "y")(lr)
+    assert torch.allclose(whole_loss, tiled_loss, rtol=1e-4)
+    assert (whole - tiled).abs().max() <= 1e-3 * whole.abs().max()
+
+
+def test_tiled_refinement_matches_whole_refinement_without_seams(bundled):
+    """Small tiles (40 HR pixels) on a 120 x 104 image: the tiled refinement follows the whole
+    one's iterates; bound: 0.05 dB of restored PSNR-Y, and no LR pixel more than 2 levels off."""
+    from iarn.cli import sample_image_path
+
+    hr = to_tensor(read_picture(sample_image_path()).rgb[180:300, 280:384]).float() / 255
+    whole = bundled.downscale(hr, scale=2.7, refine=6)
+    tiled = bundled.downscale(hr, scale=2.7, refine=6, tile=40)
+    assert (whole - tiled).abs().max() <= 2 / 255 + 1e-6
+    psnr_whole = -10 * math.log10(hr_error(bundled, whole, hr))
+    psnr_tiled = -10 * math.log10(hr_error(bundled, tiled, hr))
+    assert abs(psnr_whole - psnr_tiled) < 0.05
+
+
+def test_a_batch_refines_each_image_as_alone():
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(2)
+    hr = torch.rand(2, 3, 40, 36)
+    both = model.downscale(hr, scale=2.5, refine=4)
+    for i in range(2):
+        alone = model.downscale(hr[i : i + 1], scale=2.5, refine=4)
+        assert (both[i : i + 1] - alone).abs().max() <= 1 / 255 + 1e-6
+
+
+@pytest.mark.parametrize("optimizer,loss", [("adam", "rgb"), ("gd", "rgb"), ("gd", "y")])
+def test_every_optimizer_and_loss_runs_and_never_loses(optimizer, loss):
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(3)
+    hr = torch.rand(1, 3, 33, 29)
+    lr0 = model.downscale(hr, scale=2)
+    config = RefineConfig(steps=3, optimizer=optimizer, loss=loss)
+    lr = refine_lr(model.network, hr, lr0, config)
+    objective = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, loss)
+    assert float(objective(lr, with_grad=False)[0]) <= float(objective(lr0, with_grad=False)[0])
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [("steps", -1), ("steps", 1.5), ("steps", "3"), ("steps", True), ("steps", 10**9), ("lr_psnr_min", math.nan),
+     ("lr_psnr_min", -1), ("loss", "l1"), ("optimizer", "sgd"), ("step_size", 0), ("step_size", math.inf)],
+)  # fmt: skip
+def test_bad_refine_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match="refine|LR PSNR"):
+        RefineConfig(**{field: value})
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "abc", "1e3", "99999999", "2.5", ""])
+def test_bad_refine_flags_are_one_line_errors(tmp_path, capsys, photo_file, weights_file, value):
+    out = tmp_path / "lr.png"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["downscale", str(photo_file), "-o", str(out), "--scale", "2", "--weights", str(weights_file),
+              "--refine", value])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("iarn: error:") and len(err.strip().splitlines()) == 1 and "--refine" in err
+    assert not out.exists()
+
+
+def test_lr_png_records_its_refinement(tmp_path, capsys, photo_file, weights_file):
+    for steps in (0, 2):
+        out = tmp_path / f"lr{steps}.png"
+        code = main(["downscale", str(photo_file), "-o", str(out), "--scale", "2", "--weights", str(weights_file),
+                     "--refine", str(steps)])  # fmt: skip
+        assert code == 0
+        assert Image.open(out).text[REFINE_KEY] == str(steps)
+    restored = tmp_path / "restored.png"  # the upscaler is unchanged: a refined LR upscales as any
+    assert main(["upscale", str(tmp_path / "lr2.png"), "-o", str(restored), "--weights", str(weights_file)]) == 0
+    assert np.asarray(Image.open(restored)).shape == read_picture(photo_file).rgb.shape
+
+
+def test_ctrl_c_mid_refinement_leaves_no_file(tmp_path, capsys, monkeypatch, photo_file, weights_file):
+    import iarn.refine
+
+    calls = []
+    real = iarn.refine.project_lr
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 2:  # in the middle of the refinement
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(iarn.refine, "project_lr", interrupted)
+    out = tmp_path / "out" / "lr.png"
+    code = main(["downscale", str(photo_file), "-o", str(out), "--scale", "2", "--weights", str(weights_file),
+                 "--refine", "5"])  # fmt: skip
+    assert code == 130 and len(calls) == 2
+    assert "interrupted" in capsys.readouterr().err
+    assert not out.exists()
+    assert not out.parent.exists() or not any(out.parent.iterdir())  # no temporary file either
+
+
+def test_evaluate_and_roundtrip_take_refine(tmp_path, capsys, photo_file, weights_file):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.open(photo_file).save(folder / "a.png")
+    assert main(["evaluate", "--data", str(folder), "--scales", "2", "--weights", str(weights_file),
+                 "--refine", "2", "--json", str(tmp_path / "r.json")]) == 0  # fmt: skip
+    assert main(["roundtrip", str(photo_file), "--scale", "2", "--weights", str(weights_file), "--refine", "2"]) == 0
+    assert "LR refined 2 steps" in capsys.readouterr().out
