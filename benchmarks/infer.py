@@ -17,6 +17,8 @@ of the same image in the same round. A variant joins options with `+`:
     channels_last, nchw  the subnets' memory format (default: the runner's, devices.py)
     unaligned            no channel padding in the subnets (DenseBlock.channel_align = 1)
     cudnn_benchmark      let cuDNN time its algorithms per shape (first call per shape is slow)
+    system-malloc        glibc's default allocator settings: freed large tensors go back to the
+                         system (default: kept for reuse, as the CLI does, `keep_freed_memory`)
     compile              torch.compile the subnets (slow first call: compile time is reported)
     onnxruntime          the exported ONNX graphs (`iarn export`) in onnxruntime, fp32, whole images
 
@@ -48,7 +50,7 @@ from PIL import Image
 import iarn
 from iarn import IARN, ModelConfig, Rescaler
 from iarn.api import downscale_picture, upscale_picture
-from iarn.devices import PRECISIONS
+from iarn.devices import PRECISIONS, keep_freed_memory
 from iarn.geometry import size_for_scale
 from iarn.imageio import Picture
 from iarn.weights import load_weights, resolve_weights
@@ -98,7 +100,7 @@ def build_model(weights: str, variant: str, device: str) -> tuple[Rescaler | Onn
     model = Rescaler(network, device, next((o for o in options if o in PRECISIONS), "fp32"))
     tile: int | None = None
     for option in options:
-        if option in PRECISIONS or option == "cudnn_benchmark":  # cuDNN's flag: see `cudnn_flags`
+        if option in PRECISIONS or option in ("cudnn_benchmark", "system-malloc"):  # see `cudnn_flags`
             continue
         if option.startswith("tile-"):
             tile = int(option.removeprefix("tile-"))
@@ -147,7 +149,9 @@ def timed(fn, device: str) -> float:
 
 
 def cudnn_flags(variant: str):
-    """cuDNN's flags for a variant's calls: benchmark mode only where the variant asks."""
+    """cuDNN's flags for a variant's calls: benchmark mode only where the variant asks; and the
+    allocator's setting, the process's, so set before each of the variant's calls."""
+    keep_freed_memory("system-malloc" not in variant.split("+"))
     return torch.backends.cudnn.flags(enabled=True, benchmark="cudnn_benchmark" in variant.split("+"))
 
 
@@ -225,6 +229,7 @@ def profile(args) -> None:
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as profiler
 
+    keep_freed_memory("system-malloc" not in args.profile.split("+"))
     model, tile = build_model(args.weights, args.profile, args.device)
     picture = Picture(rgb=image_of(args.megapixels[-1]))
     lr_size = size_for_scale(picture.size, args.scale)
@@ -245,6 +250,7 @@ def profile(args) -> None:
 
 def memory_child(args) -> None:
     """One size and variant in this fresh process: down + up, then the peak RSS."""
+    keep_freed_memory("system-malloc" not in args.variants[0].split("+"))
     model, tile = build_model(args.weights, args.variants[0], args.device)
     rgb = image_of(args.megapixels[0])
     picture = Picture(rgb=rgb)

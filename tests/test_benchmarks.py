@@ -19,7 +19,7 @@ def run_script(*args: str) -> str:
 def test_infer_speed_memory_and_cli_modes(weights_file):
     script = str(BENCHMARKS / "infer.py")
     common = ["--weights", str(weights_file), "--megapixels", "0.02"]
-    speed = run_script(script, *common, "--repeats", "1", "--variants", "fp32", "bf16+tile-64", "untiled")
+    speed = run_script(script, *common, "--repeats", "1", "--variants", "fp32", "bf16+tile-64", "untiled+system-malloc")
     assert speed.count("| downscale |") == 3 and speed.count("| upscale |") == 3
     memory = run_script(script, *common, "--memory", "--variants", "fp32")
     assert '"peak_rss_mb"' in memory
@@ -154,3 +154,18 @@ def test_combine_stages_takes_each_stage_from_its_source(tmp_path):
     )
     assert missing.returncode != 0 and "every stage must be taken once" in missing.stderr
     assert not (tmp_path / "d").exists()
+
+
+def test_refine_curve_measures_merges_and_plots(tmp_path, weights_file, photo):
+    folder = tmp_path / "Tiny"
+    folder.mkdir()
+    Image.fromarray(photo).save(folder / "a.png")
+    script, saved, png = str(BENCHMARKS / "refine_curve.py"), tmp_path / "curve.json", tmp_path / "curve.png"
+    common = ["--weights", str(weights_file), "--data", str(folder), "--json", str(saved)]
+    run_script(script, *common, "--scales", "2", "--steps", "0", "2")
+    out = run_script(script, *common, "--scales", "3", "--steps", "0", "1", "--plot", str(png))
+    rows = [line for line in out.splitlines() if line.startswith("| Tiny |")]
+    assert len(rows) == 4 and rows[0].split("|")[5].strip() == "+0.00"  # x2 N=0,2 kept, x3 N=0,1 added
+    assert png.stat().st_size > 0
+    again = run_script(script, "--from-json", str(saved))
+    assert again.count("| Tiny |") == 4

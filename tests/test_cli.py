@@ -25,7 +25,6 @@ def assert_one_line_error(code, err, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-
 def test_downscale_upscale_folders_end_to_end(tmp_path, capsys, photo, weights_file):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)

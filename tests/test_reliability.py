@@ -1,5 +1,8 @@
 """Issue 25's cases outside training: advice that can help, lossy LR files, evaluate's bad images."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -88,3 +91,34 @@ def test_evaluate_reports_a_bad_image_and_goes_on(tmp_path, capsys, photo, weigh
     assert any("1 image(s) could not be read" in line for line in lines), err
     assert "x2" in out or "2" in out  # the table of the good image is printed
     assert "good" not in err
+
+
+_KEPT_MEMORY = """
+import ctypes, sys, torch
+from iarn.devices import keep_freed_memory
+
+FIELDS = "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in FIELDS.split()]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+applied = keep_freed_memory(sys.argv[1] == "keep")
+torch.ones(24 * 1024 * 1024)  # 96 MB, freed at once
+print(applied, libc.mallinfo2().fordblks)  # bytes free in malloc's heap, kept for reuse
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_freed_large_tensors_stay_in_the_heap_for_reuse():
+    """The CLI's allocator setting (docs/performance.md): a freed 96 MB tensor stays in
+    malloc's heap for the next one, where glibc's default returns its pages to the system
+    (which then come back zeroed, one page fault per 4 KB). Counted in malloc's own books, not
+    in page faults: this machine's kernel also faults pages it merely samples."""
+    free_bytes = {}
+    for how in ("keep", "default"):
+        out = subprocess.run([sys.executable, "-c", _KEPT_MEMORY, how], capture_output=True, text=True)
+        if out.returncode or out.stdout.split()[0] != "True":
+            pytest.skip(f"not glibc 2.33 or newer: {out.stderr.strip()[-200:]}")
+        free_bytes[how] = int(out.stdout.split()[1])
+    assert free_bytes["keep"] >= 96 * 2**20 > 16 * 2**20 > free_bytes["default"]

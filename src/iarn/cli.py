@@ -144,7 +144,9 @@ def _refine_flags(parser: argparse.ArgumentParser, default: int) -> None:
         "(0: no bound; default %(default)g)",
     )
     parser.add_argument(
-        "--refine-loss", default="y", choices=["rgb", "y"],
+        "--refine-loss",
+        default="y",
+        choices=["rgb", "y"],
         help="what refinement minimises: y = luma-weighted error (what PSNR-Y scores), rgb (default y)",
     )
 
@@ -702,7 +704,9 @@ def cmd_info(args) -> int:
         print(f"model {name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
         print(f"  config {meta.get('config')}")
         if training:
-            print(f"  trained {training.get('steps')} steps; {training.get('summary', '')}".rstrip("; "))
+            steps = training.get("steps")
+            trained = f"trained {steps} steps" if steps is not None else "trained in parts"
+            print(f"  {trained}; {training.get('summary', '')}".rstrip("; "))
     return 0
 
 
@@ -863,9 +867,11 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(train_flags=argv[:1] == ["train"]).parse_args(argv)  # --help: no torch
+    from .devices import keep_freed_memory
     from .imageio import ImageError
     from .weights import WeightsError
 
+    keep_freed_memory()  # large feature maps reused, not paged in afresh (docs/performance.md)
     try:
         return COMMANDS[args.command](args)
     except (CliError, ImageError, WeightsError) as error:  # ours: a file name may hold a newline

@@ -1,9 +1,13 @@
-"""Device policy: which device `auto` means, which dtype the subnets run in, which memory layout.
+"""Device policy: which device `auto` means, which dtype the subnets run in, which memory layout,
+and how the process's memory allocator treats freed memory.
 
 The runner (`iarn.Rescaler`) applies these; the numbers behind them are in docs/performance.md.
 """
 
 from __future__ import annotations
+
+import ctypes
+import sys
 
 import torch
 
@@ -80,3 +84,33 @@ def resolve_memory_format(device: torch.device, dtype: torch.dtype) -> torch.mem
     if device.type == "cpu" and dtype == torch.float32:
         return torch.channels_last
     return torch.contiguous_format
+
+
+# glibc's mallopt parameters (malloc.h) and the settings of `keep_freed_memory`
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+KEPT_MMAP_THRESHOLD = 1 << 30  # allocations above 1 GiB still get pages of their own
+KEPT_TRIM_THRESHOLD = (1 << 31) - 1  # mallopt takes a C int
+GLIBC_DEFAULT_THRESHOLD = 128 * 1024  # both parameters' values when a process starts
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Let glibc's malloc keep freed memory for reuse (`keep`), or go back to its defaults.
+
+    By default glibc gives every allocation over 32 MB pages of its own (mmap) and returns them
+    to the system when freed, so each of the tens of large feature maps a 1 MP image allocates
+    per pass is paged in afresh: 0.7 M page faults and 25-40 % of a CPU downscale
+    (docs/performance.md). Kept, they come from the heap and are reused. Memory freed is not
+    returned to the system until the process ends, so the peak stays resident. The CLI calls this
+    at start; a Python program that rescales large images on the CPU may call it too (it is the
+    process's setting, not the library's). Returns whether it applied (glibc on Linux only).
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # noqa: B018 (glibc, not musl: the parameters are glibc's)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mmap, trim = (KEPT_MMAP_THRESHOLD, KEPT_TRIM_THRESHOLD) if keep else (GLIBC_DEFAULT_THRESHOLD,) * 2
+    return bool(mallopt(M_MMAP_THRESHOLD, mmap)) and bool(mallopt(M_TRIM_THRESHOLD, trim))

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .fields import check_choice, check_number
 from .geometry import Size
 from .model.network import quantize_8bit
 from .resample import resize
@@ -71,26 +72,17 @@ class RefineConfig:
 
     def __post_init__(self) -> None:
         check_refine_steps(self.steps)
-        if isinstance(self.lr_psnr_min, bool) or not isinstance(self.lr_psnr_min, (int, float)):
-            raise ValueError(f"the LR PSNR bound must be a number of dB, got {self.lr_psnr_min!r}")
-        if not (math.isfinite(self.lr_psnr_min) and 0 <= self.lr_psnr_min <= 100):
-            raise ValueError(f"the LR PSNR bound must be from 0 to 100 dB, got {self.lr_psnr_min!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"refine loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"refine optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)):
-            raise ValueError(f"refine step size must be a number of levels, got {self.step_size!r}")
-        if not (math.isfinite(self.step_size) and 0 < self.step_size <= 64):
-            raise ValueError(f"refine step size must be above 0 and at most 64 levels, got {self.step_size!r}")
+        check_number("refine_lr_psnr (the LR PSNR bound, dB)", self.lr_psnr_min, 0, 100)
+        check_choice("refine_loss", self.loss, LOSSES)
+        check_choice("refine_optimizer", self.optimizer, OPTIMIZERS)
+        check_number("refine_step_size (8-bit levels)", self.step_size, 0, 64)
+        if self.step_size == 0:
+            raise ValueError("refine_step_size (8-bit levels) must be above 0, got 0")
 
 
 def check_refine_steps(steps) -> None:
     """Refuse what is not a whole number of steps from 0 to MAX_REFINE_STEPS."""
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise ValueError(f"refine must be a whole number of steps, got {steps!r}")
-    if not 0 <= steps <= MAX_REFINE_STEPS:
-        raise ValueError(f"refine must be from 0 to {MAX_REFINE_STEPS} steps, got {steps}")
+    check_number("refine (steps)", steps, 0, MAX_REFINE_STEPS, whole=True)
 
 
 def luma(x: torch.Tensor) -> torch.Tensor:
