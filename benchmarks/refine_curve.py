@@ -103,6 +103,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--from-json", type=Path)
     parser.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401  (before the measurements, not after)
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'iarn[plot]'")
     if args.from_json:
         results = json.loads(args.from_json.read_text())
     elif args.data:

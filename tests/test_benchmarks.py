@@ -1,5 +1,6 @@
 """The benchmark scripts still run (tiny sizes; their numbers are not checked here)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -163,9 +164,10 @@ def test_refine_curve_measures_merges_and_plots(tmp_path, weights_file, photo):
     script, saved, png = str(BENCHMARKS / "refine_curve.py"), tmp_path / "curve.json", tmp_path / "curve.png"
     common = ["--weights", str(weights_file), "--data", str(folder), "--json", str(saved)]
     run_script(script, *common, "--scales", "2", "--steps", "0", "2")
-    out = run_script(script, *common, "--scales", "3", "--steps", "0", "1", "--plot", str(png))
+    out = run_script(script, *common, "--scales", "3", "--steps", "0", "1")
     rows = [line for line in out.splitlines() if line.startswith("| Tiny |")]
     assert len(rows) == 4 and rows[0].split("|")[5].strip() == "+0.00"  # x2 N=0,2 kept, x3 N=0,1 added
-    assert png.stat().st_size > 0
-    again = run_script(script, "--from-json", str(saved))
+    plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []  # iarn[plot]
+    again = run_script(script, "--from-json", str(saved), *plot)
     assert again.count("| Tiny |") == 4
+    assert not plot or png.stat().st_size > 0
