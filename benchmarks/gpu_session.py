@@ -21,8 +21,9 @@ time limit, so one failure loses nothing else:
 - `profile`: the heaviest operators of one 8.3 MP down- and upscale (profile.md);
 - `gate`: benchmarks/quality_gate.py on Set5, the fast variants against fp32 (infer.md);
 - `refine`: `iarn evaluate --refine N` of the bundled model on Set5 and Set14 at the ten
-  protocol scales, N = 0, 10 and 30 (the refinement tables of docs/results.md, and their seconds
-  per N on the GPU; its tables are in session.md);
+  protocol scales, N = 0, 10 and 30, then (if `--prepare --large-sets` carried them, at the cost
+  of 41 MB of training images) on B100 and Kodak with N = 0 and 10 (the refinement
+  tables of docs/results.md, and their seconds per N on the GPU; its tables are in session.md);
 - `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
   eager again if compiling fails (train_log.jsonl, model.safetensors);
@@ -79,8 +80,13 @@ INFER_VARIANTS = [
 GATE_VARIANTS = ["bf16", "bf16+channels_last", "fp16+channels_last"]
 
 
-def prepare(budget_mb: float) -> None:
-    """Copy training images (up to `budget_mb`) and Set5 into device/."""
+def prepare(budget_mb: float, large_sets: bool) -> None:
+    """Copy training images (up to `budget_mb`), Set5 and Set14 (`large_sets`: B100 and Kodak too,
+    41 MB, taken from the training images' budget) into device/."""
+    sets = ("Set5", "Set14", *(("B100", "Kodak") if large_sets else ()))
+    if large_sets:
+        folders = [SHARED / "data" / "benchmark" / name for name in sets[2:]]
+        budget_mb -= sum(p.stat().st_size for folder in folders for p in folder.iterdir()) / 1e6
     images = sorted((SHARED / "data" / "train_small").iterdir())
     target = DEVICE / "data" / "train"
     if DEVICE.exists():
@@ -92,11 +98,11 @@ def prepare(budget_mb: float) -> None:
             break
         shutil.copy2(path, target / path.name)
         used += path.stat().st_size
-    for name in ("Set5", "Set14"):
+    for name in sets:
         shutil.copytree(SHARED / "data" / "benchmark" / name, DEVICE / "data" / "benchmark" / name)
     total = sum(p.stat().st_size for p in DEVICE.rglob("*") if p.is_file())
     count = len(list(target.iterdir()))
-    print(f"device/: {count} training images, Set5 and Set14; {total / 1e6:.1f} MB")
+    print(f"device/: {count} training images, {', '.join(sets)}; {total / 1e6:.1f} MB")
 
 
 class Session:
@@ -149,7 +155,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, help="output folder (on the device machine: $OUT)")
     parser.add_argument("--prepare", action="store_true", help="fill device/ from ../shared, then stop")
-    parser.add_argument("--prepare-mb", type=float, default=52.0, help="MB of training images to carry")
+    parser.add_argument("--prepare-mb", type=float, default=52.0, help="MB of training images and B100/Kodak")
+    parser.add_argument("--large-sets", action="store_true", help="--prepare: B100 and Kodak too (refine phase)")
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes")
     parser.add_argument("--phases", nargs="+", choices=PHASES, default=[p for p in PHASES if p != "ablation"])
     parser.add_argument(
@@ -161,7 +168,7 @@ def main() -> None:
     parser.add_argument("--ablation-steps", type=int, default=5000)
     args = parser.parse_args()
     if args.prepare:
-        prepare(args.prepare_mb)
+        prepare(args.prepare_mb, args.large_sets)
         return
     if args.out is None:
         parser.error("--out is required")
@@ -250,6 +257,16 @@ class Plan:
             command = [self.python, "-m", "iarn", "evaluate", "--data", *sets, "--device", self.device]
             command += ["--weights", str(BUNDLED), "--scales", *scales, "--refine", str(steps)]
             session.phase(f"refine {steps}", command, limit_s=30 if smoke else 30 + 4 * steps)
+        if smoke:
+            return
+        larger = [str(self.args.benchmark / name) for name in ("B100", "Kodak")]  # issue 24's other cells
+        if not all(map(os.path.isdir, larger)):
+            session.report += ["## refine B100+Kodak: skipped (not carried: --prepare --large-sets)", ""]
+            return
+        for steps in [0, 10]:
+            command = [self.python, "-m", "iarn", "evaluate", "--data", *larger, "--device", self.device]
+            command += ["--weights", str(BUNDLED), "--scales", *protocol, "--refine", str(steps)]
+            session.phase(f"refine {steps} B100+Kodak", command, limit_s=60 + 18 * steps)
 
     def train(self, session: Session) -> None:
         """Training of the given weights, compiled, its schedule fitted to the time left."""

@@ -479,22 +479,14 @@ def test_outputs_respect_the_umask_and_keep_an_existing_mode(tmp_path, capsys, w
 
 
 def test_sigterm_leaves_no_temporary_file(tmp_path):
+    """Whenever it comes (imports, reading, the network, writing), SIGTERM ends the run with a
+    one-line message and 143 (or, before iarn's handler is in place, as SIGTERM does) and
+    leaves no file behind."""
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (1200, 1400, 3), dtype=np.uint8)).save(tmp_path / "big.png")
-    command = [
-        sys.executable,
-        "-m",
-        "iarn",
-        "downscale",
-        "big.png",
-        "-o",
-        "out/",
-        "--scale",
-        "2",
-        "--precision",
-        "fp32",
-    ]
-    for delay in (0.5, 2.5, 6.0):
+    command = [sys.executable, "-m", "iarn", "downscale", "big.png", "-o", "out/", "--scale", "2",
+               "--precision", "fp32", "--force"]  # fmt: skip
+    for delay in (0.3, 1.0, 1.5, 2.0, 2.5, 3.5, 6.0):
         process = subprocess.Popen(
             command, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(SRC)}, stderr=subprocess.PIPE, text=True
         )
@@ -502,7 +494,77 @@ def test_sigterm_leaves_no_temporary_file(tmp_path):
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
         assert "Traceback" not in err, err
+        assert process.returncode in (0, 143, -signal.SIGTERM), (delay, process.returncode, err)
+        if process.returncode == 143:
+            assert err.strip().splitlines()[-1] == "iarn: interrupted", err
         assert not list(tmp_path.rglob(".*.tmp")), "a temporary file was left behind"
+        if process.returncode != 0:
+            assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir()), delay
+
+
+# A command (in place of `iarn info`) whose signal comes at a chosen moment of its writing.
+SIGNAL_SCRIPT = """
+import os, signal, sys, time
+from pathlib import Path
+from iarn import cli, files
+
+folder = Path(sys.argv[1])
+
+def stop(*_):
+    os.kill(os.getpid(), signal.SIG{signal})
+    time.sleep(5)  # the handler runs here; were it lost, the file would be finished
+
+def command(args):
+{body}
+    print("finished")
+    return 0
+
+cli.COMMANDS["info"] = command
+sys.argv = ["iarn", "info"]
+cli.entry()
+"""
+
+SIGNAL_CASES = {
+    "mid-write": (
+        "    files.atomic_write(folder / 'a.png', lambda tmp: (Path(tmp).write_bytes(b'half'), stop()))",
+        [],
+    ),
+    "provisional": (  # roundtrip --save: lr.png goes with restored.png
+        "    files.atomic_write(folder / 'lr.png', lambda tmp: Path(tmp).write_bytes(b'lr'), provisional=True)\n"
+        "    files.atomic_write(folder / 'restored.png', lambda tmp: (Path(tmp).write_bytes(b'half'), stop()))",
+        [],
+    ),
+    "settled": (
+        "    files.atomic_write(folder / 'lr.png', lambda tmp: Path(tmp).write_bytes(b'lr'), provisional=True)\n"
+        "    files.settle(folder / 'lr.png', keep=True)\n"
+        "    stop()",
+        ["lr.png"],
+    ),
+    "critical": (  # the signal waits for the section's end: the rename lands
+        "    files.atomic_write(folder / 'a.png', lambda tmp: Path(tmp).write_bytes(b'done'))\n"
+        "    with files._critical():\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "        time.sleep(0.2)\n"
+        "        print('section ended', flush=True)\n"
+        "    time.sleep(5)",
+        ["a.png"],
+    ),
+}
+
+
+@pytest.mark.parametrize("signal_name, code", [("TERM", 143), ("INT", 130)])
+@pytest.mark.parametrize("case", sorted(SIGNAL_CASES))
+def test_a_signal_removes_what_is_unfinished_and_nothing_else(tmp_path, case, signal_name, code):
+    body, kept = SIGNAL_CASES[case]
+    script = SIGNAL_SCRIPT.format(signal=signal_name, body=body)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    ended = subprocess.run([sys.executable, "-c", script, str(folder)], capture_output=True, text=True, timeout=60)
+    expected = 143 if case == "critical" else code
+    assert ended.returncode == expected and ended.stderr == "iarn: interrupted\n", ended.stderr
+    assert "finished" not in ended.stdout
+    assert ("section ended" in ended.stdout) == (case == "critical")
+    assert sorted(p.name for p in folder.iterdir()) == kept
 
 
 def test_torch_runtime_errors_become_one_line_with_a_hint(tmp_path, capsys, monkeypatch, weights_file):

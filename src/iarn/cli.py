@@ -17,7 +17,7 @@ from importlib import resources
 from pathlib import Path
 from typing import NoReturn
 
-from .files import IMAGE_SUFFIXES, PNG_LEVEL, PNG_LEVEL_RESTORED
+from .files import IMAGE_SUFFIXES, PNG_LEVEL, PNG_LEVEL_RESTORED, settle
 
 SAMPLE_IMAGE = "kodim23.png"
 
@@ -631,7 +631,6 @@ def cmd_roundtrip(args) -> int:
     if args.save:
         folder = Path(args.save)
         lr_path, restored_path = folder / "lr.png", folder / "restored.png"
-        existed = lr_path.exists()
         lr_picture = picture.with_pixels(lr, None)
         write_picture(
             lr_picture,
@@ -640,13 +639,14 @@ def cmd_roundtrip(args) -> int:
             model_id=model.model_id,
             overwrite=args.force,
             refine=refine.steps,
+            provisional=not lr_path.exists(),  # both or neither: a rerun must not stop on a lone lr.png
         )
+        written = False
         try:
             write_picture(picture.with_pixels(up, None), restored_path, overwrite=args.force)
-        except BaseException:
-            if not existed:  # both or neither: a rerun must not stop on a lone lr.png
-                lr_path.unlink(missing_ok=True)
-            raise
+            written = True
+        finally:
+            settle(lr_path, keep=written)
         print(f"  wrote {lr_path} and {restored_path}")
     return 0
 
@@ -928,10 +928,18 @@ def _one_line(error: BaseException, escape: bool = False) -> str:
 def entry() -> NoReturn:
     import signal
 
-    def on_sigterm(signum, frame):
-        raise KeyboardInterrupt
+    from .files import end_now
 
-    signal.signal(signal.SIGTERM, on_sigterm)  # clean up as on Ctrl-C (atomic_write's finally)
+    # Ctrl-C and SIGTERM end the process at once, having removed what is half written. Not by
+    # raising KeyboardInterrupt here: a C extension can swallow it, an import it cuts cannot be
+    # redone, and it can escape a handler. Training installs its own (a checkpoint first).
+    codes = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+    def on_signal(signum, frame):
+        end_now(codes[signum], "iarn: interrupted")
+
+    for sig in codes:
+        signal.signal(sig, on_signal)
     try:
         code = main()
         sys.stdout.flush()

@@ -262,11 +262,13 @@ def write_picture(
     model_id: str | None = None,
     overwrite: bool = True,
     refine: int | None = None,
+    provisional: bool = False,
 ) -> None:
     """Write atomically; `hr_size` (H, W), `model_id` (NAME@HASH of the weights that made an
     LR) and `refine` (its refinement steps) are recorded in PNG text chunks; `png_level` is
     zlib's level (0-9) for PNG.
-    `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends."""
+    `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends.
+    `provisional`: see files.atomic_write (removed if the process is ended before files.settle)."""
     path = Path(path)
     image = to_pil(picture)
     suffix = path.suffix.lower()
@@ -296,7 +298,12 @@ def write_picture(
         options["lossless"] = True
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: image.save(tmp, format=image_format, **options), replace=overwrite)
+        atomic_write(
+            path,
+            lambda tmp: image.save(tmp, format=image_format, **options),
+            replace=overwrite,
+            provisional=provisional,
+        )
     except TargetExists:
         raise ImageError(f"{path}: exists (written by another process meanwhile?); pass --force to overwrite") from None
     except (KeyError, OSError, ValueError) as error:

@@ -604,16 +604,20 @@ def train(
 @contextlib.contextmanager
 def stop_signals():
     """An Event that SIGINT and SIGTERM set while the block runs (the main thread only; elsewhere
-    nothing is caught); a second signal raises KeyboardInterrupt as usual."""
+    nothing is caught); a second signal goes to the handler that was there before (the CLI's
+    ends the process; Python's raises KeyboardInterrupt), or raises KeyboardInterrupt."""
     interrupted = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield interrupted
         return
 
     def on_signal(signum, frame):
-        if interrupted.is_set():
+        if not interrupted.is_set():
+            interrupted.set()
+        elif callable(previous[signum]):
+            previous[signum](signum, frame)
+        else:
             raise KeyboardInterrupt
-        interrupted.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
