@@ -28,8 +28,19 @@ from iarn.refine import RefineConfig
 from iarn.weights import load_weights, resolve_weights
 
 
+def save(path: Path, results: dict) -> None:
+    """Merge `results` into the JSON file at `path` (atomically; the file may not exist yet)."""
+    old = json.loads(path.read_text()) if path.exists() else {}
+    text = json.dumps(merge(old, results), indent=2) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
 def measure(args) -> dict:
-    """{dataset: {scale: {N: {"psnr_y", "lr_psnr_y", "seconds", "megapixels"}}}}."""
+    """{dataset: {scale: {N: {"psnr_y", "lr_psnr_y", "seconds", "megapixels"}}}}.
+
+    With `--json`, each cell is merged into that file as soon as it is measured, so a run that is
+    stopped keeps what it has finished.
+    """
     model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
     results: dict = {}
     for folder in args.data:
@@ -44,7 +55,13 @@ def measure(args) -> dict:
                 entry = {"psnr_y": row["psnr_y"], "lr_psnr_y": row["lr_psnr_y"], "seconds": seconds}
                 entry["megapixels"] = megapixels / 1e6
                 results.setdefault(name, {}).setdefault(scale_label(scale), {})[str(steps)] = entry
-                print(f"{name} {scale_label(scale)} N={steps}: {row['psnr_y']:.2f} dB ({seconds:.0f} s)", flush=True)
+                if args.json:
+                    save(args.json, {name: {scale_label(scale): {str(steps): entry}}})
+                print(
+                    f"{name} {scale_label(scale)} N={steps}: {row['psnr_y']:.2f} dB, "
+                    f"LR {row['lr_psnr_y']:.2f} dB ({seconds:.0f} s)",
+                    flush=True,
+                )
     return results
 
 
@@ -113,10 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.data:
         results = measure(args)
         if args.json:
-            old = json.loads(args.json.read_text()) if args.json.exists() else {}
-            results = merge(old, results)
-            text = json.dumps(results, indent=2) + "\n"
-            atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+            results = json.loads(args.json.read_text())
     else:
         parser.error("give --data or --from-json")
     print(markdown(results), end="")
