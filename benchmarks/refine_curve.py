@@ -8,7 +8,8 @@ Each N is one `iarn.evaluate.evaluate` run of the bundled (or `--weights`) model
 (fp32, the protocol's PSNR-Y, LR PSNR-Y against the bicubic LR), timed: the seconds each N adds
 over N = 0, per HR megapixel, are refinement's cost (meaningful only on an otherwise idle
 machine). `--from-json` re-plots and re-prints saved results; `--json` of a run with more N or
-scales merges into the file it names.
+scales merges into the file it names. `--step-size` and `--momentum` set the refinement's step
+(the tuning in docs/results.md, "Refinement"): give each setting a `--json` file of its own.
 """
 
 from __future__ import annotations
@@ -42,13 +43,16 @@ def measure(args) -> dict:
     stopped keeps what it has finished.
     """
     model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
+    chosen = {"step_size": args.step_size, "momentum": args.momentum}
+    settings = {name: value for name, value in chosen.items() if value is not None}  # else RefineConfig's
     results: dict = {}
     for folder in args.data:
         megapixels = sum(read_picture(p).size[0] * read_picture(p).size[1] for p in find_images([Path(folder)]))
         for scale in args.scales:
             for steps in args.steps:
                 start = time.perf_counter()
-                table = evaluate(model, [folder], [scale], progress=False, refine=RefineConfig(steps=steps))
+                refine = RefineConfig(steps=steps, **settings)
+                table = evaluate(model, [folder], [scale], progress=False, refine=refine)
                 seconds = time.perf_counter() - start
                 (name,) = table
                 row = table[name][scale_label(scale)]["iarn"]
@@ -115,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", nargs="+", type=parse_scale, default=[(2.0, 2.0), (4.0, 4.0)])
     parser.add_argument("--steps", nargs="+", type=int, default=[0, 5, 10, 30, 100])
     parser.add_argument("--weights", default="default")
+    parser.add_argument("--step-size", type=float, help="RefineConfig.step_size (default: its default)")
+    parser.add_argument("--momentum", type=float, help="RefineConfig.momentum (default: its default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path)

@@ -141,7 +141,8 @@ def test_every_optimizer_and_loss_runs_and_never_loses(optimizer, loss):
 @pytest.mark.parametrize(
     "field,value",
     [("steps", -1), ("steps", 1.5), ("steps", "3"), ("steps", True), ("steps", 10**9), ("lr_psnr_min", math.nan),
-     ("lr_psnr_min", -1), ("loss", "l1"), ("optimizer", "sgd"), ("step_size", 0), ("step_size", math.inf)],
+     ("lr_psnr_min", -1), ("loss", "l1"), ("optimizer", "sgd"), ("step_size", 0), ("step_size", math.inf),
+     ("momentum", 1), ("momentum", -0.1)],
 )  # fmt: skip
 def test_bad_refine_settings_are_refused(field, value):
     with pytest.raises(ValueError, match="refine|LR PSNR"):

@@ -94,16 +94,18 @@ def test_learning_rate_schedules():
 
 
 class StepClock:
-    """A clock that advances one second per training step, whatever the machine's speed."""
+    """A clock that advances `seconds(k)` for the k-th training step (one second by default),
+    whatever the machine's speed."""
 
-    def __init__(self, monkeypatch) -> None:
+    def __init__(self, monkeypatch, seconds=lambda k: 1.0) -> None:
         import iarn.train as train_module
 
-        self.now = 0.0
+        self.now, self.steps = 0.0, 0
         real_step = train_module.train_step
 
         def step(*args, **kwargs):
-            self.now += 1.0
+            self.steps += 1
+            self.now += seconds(self.steps)
             return real_step(*args, **kwargs)
 
         monkeypatch.setattr(train_module, "train_step", step)
@@ -119,6 +121,19 @@ def test_fit_steps_sizes_the_schedule_to_the_time(image_folder, tmp_path, monkey
     saved = torch.load(tmp_path / "fit" / "checkpoint.pt", weights_only=True)
     # 120 s less 2 % = 117.6 s; at step 50 (50 s gone) 67.6 s at 1 step/s are left: step 117
     assert saved["train_config"]["steps"] == saved["step"] == 117
+
+
+def test_fit_steps_sizes_the_schedule_again_when_the_machine_speeds_up(image_folder, tmp_path, monkeypatch):
+    """A probe on a busy machine (4 s a step for the first 60 steps, then 1 s) must not leave the
+    run ending at half its time: the schedule is sized again at each tenth of the time up to half."""
+    clock = StepClock(monkeypatch, seconds=lambda k: 4.0 if k <= 60 else 1.0)
+    cfg = small_config(image_folder, tmp_path / "refit", steps=10_000, checkpoint_every=1000, warmup=10)
+    train(cfg, progress=False, max_minutes=10, fit_steps=True, clock=clock)
+    saved = torch.load(tmp_path / "refit" / "checkpoint.pt", weights_only=True)
+    # the probe (steps 10-50, 4 s each) alone would end the schedule at step 50 + (588 - 200) / 4 = 147;
+    # at 1 step/s from step 60 (240 s) on, the refits size it to the 588 s: about step 408
+    assert 400 <= saved["step"] == saved["train_config"]["steps"] <= 410
+    assert clock.now <= 600
 
 
 def test_the_log_records_the_step_the_clock_stops_at(image_folder, tmp_path, monkeypatch):

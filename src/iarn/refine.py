@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 LOSSES = ("rgb", "y")
 OPTIMIZERS = ("adam", "gd")
-MOMENTUM = 0.5  # of `gd`: each step adds half the one before
 MAX_REFINE_STEPS = 10_000
 # Memory policy (Rescaler.refine_tile): bytes kept for the backward pass per pixel of the image
 # the core runs on (a generous bound on the activations of the bundled model's upscale in fp32),
@@ -62,6 +61,7 @@ class RefineConfig:
     optimizer: `gd` (gradient descent with momentum, each image's step normalised to an RMS of
         `step_size` over its LR pixels) or `adam` (every pixel's first steps are `step_size`).
     step_size: the first step in 8-bit LR levels (1/255); a cosine takes it down to a tenth.
+    momentum: of `gd`: the share of the previous step that each step carries on, 0 to 0.99.
     The defaults are the measured best (docs/results.md, "Refinement")."""
 
     steps: int = 0
@@ -69,6 +69,7 @@ class RefineConfig:
     loss: str = "y"
     optimizer: str = "gd"
     step_size: float = 0.3
+    momentum: float = 0.8
 
     def __post_init__(self) -> None:
         check_refine_steps(self.steps)
@@ -78,6 +79,7 @@ class RefineConfig:
         check_number("refine_step_size (8-bit levels)", self.step_size, 0, 64)
         if self.step_size == 0:
             raise ValueError("refine_step_size (8-bit levels) must be above 0, got 0")
+        check_number("refine_momentum", self.momentum, 0, 0.99)
 
 
 def check_refine_steps(steps) -> None:
@@ -221,7 +223,7 @@ def refine_lr(
             adam.step()
         else:
             rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-30)
-            velocity = MOMENTUM * velocity + grad / rms
+            velocity = config.momentum * velocity + grad / rms
             v -= size * velocity
         v.copy_(project_lr(v, reference, aim_db) if bounded else v.clamp(0, 1))
         if progress is not None:

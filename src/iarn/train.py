@@ -588,9 +588,10 @@ def train(
     it writes lets `resume="auto"` carry on to `cfg.steps`. `fit_steps` (needs `max_minutes`)
     instead sizes the schedule to the time: the step rate measured over steps 10-50 of this
     invocation (after any compilation, before the warm-up ends) sets `cfg.steps`, at most the given
-    one, so that the schedule, not the clock, ends the run. `clock` (seconds) is what every
-    duration is measured with (a test passes its own). The log always records the step the run
-    stops at, whatever stopped it.
+    one, so that the schedule, not the clock, ends the run; the rate of each window since is
+    measured again at the REFIT_SHARES of the time and sets it anew (a busy machine at the probe).
+    `clock` (seconds) is what every duration is measured with (a test passes its own). The log
+    always records the step the run stops at, whatever stopped it.
 
     Ctrl-C or SIGTERM ends the run after the step in progress: the checkpoint of that step is
     written, then KeyboardInterrupt is raised (a second signal interrupts at once). A step whose
@@ -680,13 +681,28 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
         log.record(state.step, values)
         window_start, window_steps = clock(), 0
 
-    fit_from, fit_clock = (state.step + FIT_SETTLE if fit_steps else None), 0.0
+    # --fit-steps: the rate is timed from step `timed_from`, first over FIT_PROBE steps, then again
+    # over each window up to the next share of the time in REFIT_SHARES (the machine's load may change)
+    steps_cap, refits = cfg.steps, list(REFIT_SHARES) if fit_steps else []
+    timed_from, timed_clock, fitted = (state.step + FIT_SETTLE if fit_steps else None), 0.0, False
     while state.step < cfg.steps:
-        if fit_from is not None and state.step == fit_from:
-            fit_clock = _synced_clock(runtime, clock)
-        elif fit_from is not None and state.step == fit_from + FIT_PROBE:
-            rate = FIT_PROBE / (_synced_clock(runtime, clock) - fit_clock)
-            cfg, fit_from = _fit_schedule(cfg, state.step, rate, clock() - started, max_minutes, runtime), None
+        if state.step == timed_from:
+            timed_clock = _synced_clock(runtime, clock)
+        elif (
+            timed_from is not None
+            and state.step > timed_from
+            and (
+                (not fitted and state.step - timed_from == FIT_PROBE)
+                or (fitted and _on_any_rank(clock() - started >= 60 * max_minutes * refits[0], runtime))
+            )
+        ):
+            now = _synced_clock(runtime, clock)
+            rate = (state.step - timed_from) / max(now - timed_clock, 1e-9)
+            elapsed = clock() - started
+            cfg = _fit_schedule(cfg, steps_cap, state.step, rate, elapsed, max_minutes, runtime)
+            while refits and _on_any_rank(elapsed >= 60 * max_minutes * refits[0], runtime):
+                refits.pop(0)  # shares of the time already gone (the first probe may take long)
+            timed_from, timed_clock, fitted = (state.step if refits else None), now, True
             if log is not None:
                 log.set_total(cfg.steps)
         if stop_at is not None and state.step >= stop_at or _out_of_time(clock() - started, max_minutes, runtime):
@@ -732,6 +748,9 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
 
 
 FIT_SETTLE, FIT_PROBE = 10, 40  # steps left out of (compilation, first allocations), steps timed
+# --fit-steps sizes the schedule again when these shares of --max-minutes are gone, each time from
+# the rate of the window since the last fit; none after half the time, where the cosine is steepest
+REFIT_SHARES = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 
 def _synced_clock(runtime: Runtime, clock: Callable[[], float] = time.perf_counter) -> float:
@@ -741,13 +760,13 @@ def _synced_clock(runtime: Runtime, clock: Callable[[], float] = time.perf_count
 
 
 def _fit_schedule(
-    cfg: TrainConfig, step: int, rate: float, elapsed: float, max_minutes: float, runtime: Runtime
+    cfg: TrainConfig, cap: int, step: int, rate: float, elapsed: float, max_minutes: float, runtime: Runtime
 ) -> TrainConfig:
     """`cfg` with `steps` such that the schedule ends when `max_minutes` are up (2 % kept for the
-    final save; `elapsed` seconds are gone), at most `cfg.steps`; every rank takes the smallest
-    estimate."""
+    final save; `elapsed` seconds are gone) at `rate` steps/s, at most `cap`; every rank takes the
+    smallest estimate."""
     left = 60 * max_minutes * 0.98 - elapsed
-    steps = torch.tensor(float(min(cfg.steps, max(step + 1, step + int(rate * left)))))
+    steps = torch.tensor(float(min(cap, max(step + 1, step + int(rate * left)))))
     if runtime.ddp:
         steps = steps.to(runtime.device)
         dist.all_reduce(steps, op=dist.ReduceOp.MIN)
