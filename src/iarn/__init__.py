@@ -21,10 +21,12 @@ _EXPORTS = {
     "ModelConfig": ".model",
     "Rescaler": ".rescaler",
     "WeightsError": ".weights",
+    "downscale_file": ".api",
     "downscale_image": ".api",
     "load": ".rescaler",
     "load_weights": ".weights",
     "save_weights": ".weights",
+    "upscale_file": ".api",
     "upscale_image": ".api",
 }
 __all__ = [
@@ -33,15 +35,17 @@ __all__ = [
     "Rescaler",
     "WeightsError",
     "__version__",
+    "downscale_file",
     "downscale_image",
     "load",
     "load_weights",
     "save_weights",
+    "upscale_file",
     "upscale_image",
 ]
 
 if TYPE_CHECKING:
-    from .api import downscale_image, upscale_image
+    from .api import downscale_file, downscale_image, upscale_file, upscale_image
     from .model import IARN, ModelConfig
     from .rescaler import Rescaler, load
     from .weights import WeightsError, load_weights, save_weights

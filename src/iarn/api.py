@@ -2,12 +2,19 @@
 
 The tensor API is `Rescaler.downscale` / `Rescaler.upscale`; these wrap it with the image
 policy of `iarn.imageio` (alpha, grayscale, ICC) and stream uint8 pixels through the tiler, so a
-large image never exists as a float copy of the input.
+large image never exists as a float copy of the input. `downscale_file` / `upscale_file` are the
+CLI's file-to-file jobs (the LR records the original size and the model).
+
+Defaults differ from the CLI's on purpose: `iarn.load()` runs in fp32 (the CLI: `--precision
+auto`) and refines nothing unless `refine=N` is given (the CLI: `--effort`); both use the
+model's LR corrector (`model.correct = False` turns it off, like `--effort 0`).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,12 +23,13 @@ from PIL import Image
 
 from .convert import to_tensor, to_uint8
 from .geometry import Size, check_tile, check_upscale_size, target_size
-from .imageio import Picture, picture_from_array, picture_from_pil, to_pil
+from .imageio import Picture, luma_8bit, picture_from_array, picture_from_pil, read_picture, to_pil, write_picture
 from .refine import RefineConfig, check_refine_steps
 from .rescaler import Rescaler
 
 
-def _resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
+def resize_alpha(alpha: np.ndarray | None, size: Size) -> np.ndarray | None:
+    """An alpha plane (H, W) uint8 resized to `size` by the plain reference bicubic (None stays None)."""
     if alpha is None:
         return None
     plane = torch.from_numpy(alpha)[None, None].float() / 255
@@ -45,7 +53,7 @@ def downscale_picture(
         check_refine_steps(refine)
     lr_size = target_size(picture.size, model.config.max_scale, size=size, scale=scale)
     lr = model.downscale_pixels(to_tensor(picture.rgb), lr_size, tile, refine, progress)
-    return picture.with_pixels(to_uint8(lr), _resize_alpha(picture.alpha, lr_size))
+    return picture.with_pixels(to_uint8(lr), resize_alpha(picture.alpha, lr_size))
 
 
 def upscale_picture(
@@ -60,7 +68,7 @@ def upscale_picture(
     size = check_upscale_size(size, picture.size, model.config.max_scale)
     model.check_seed(seed)
     hr = model.upscale_pixels(to_tensor(picture.rgb), size, tile, seed)
-    return picture.with_pixels(to_uint8(hr), _resize_alpha(picture.alpha, size))
+    return picture.with_pixels(to_uint8(hr), resize_alpha(picture.alpha, size))
 
 
 def _as_picture(image: Image.Image | np.ndarray) -> Picture:
@@ -71,11 +79,15 @@ def _as_picture(image: Image.Image | np.ndarray) -> Picture:
     raise TypeError(f"expected a PIL image or a uint8 numpy array, got {type(image).__name__}")
 
 
-def _like(picture: Picture, original: Image.Image | np.ndarray) -> Image.Image | np.ndarray:
+def _like(picture: Picture, original: Image.Image | np.ndarray, lr: bool = False) -> Image.Image | np.ndarray:
+    """`picture` as the kind of `original`; an LR (`lr`) keeps its three channels even for a
+    grayscale original (the detail hidden in its colour would be lost)."""
     if isinstance(original, Image.Image):
-        return to_pil(picture)
+        return to_pil(picture, lr=lr)
+    if original.ndim == 2 and lr:
+        return picture.rgb
     if original.ndim == 2:
-        return picture.rgb.mean(axis=2).round().astype(np.uint8)
+        return luma_8bit(picture.rgb)
     if original.shape[2] == 4:
         return np.concatenate([picture.rgb, picture.alpha[..., None]], axis=2)
     return picture.rgb
@@ -85,15 +97,59 @@ def downscale_image(
     model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, scale=None, tile=None, refine=0
 ):
     """Pillow image or uint8 array (H, W[, 3|4]) -> the same kind, downscaled (`refine` steps
-    of LR refinement, as in `Rescaler.downscale`).
+    of LR refinement, as in `Rescaler.downscale`). A grayscale image's LR has three channels
+    (the detail is hidden in all three). The result carries no record of the original size or
+    the model: to keep an LR for later, write it with `downscale_file`, as `iarn downscale` does.
 
     `size` is (h, w) in rows and columns (Pillow's `.size` is (w, h): mind the order).
     """
     picture = downscale_picture(model, _as_picture(image), size=size, scale=scale, tile=tile, refine=refine)
-    return _like(picture, image)
+    return _like(picture, image, lr=True)
 
 
 def upscale_image(model: Rescaler, image: Image.Image | np.ndarray, size: Size | None = None, tile=None):
     """Pillow image or uint8 array -> the same kind, upscaled to `size` (H, W); for a Pillow
     image of an iarn LR PNG, the size recorded in it by default."""
     return _like(upscale_picture(model, _as_picture(image), size, tile=tile), image)
+
+
+def downscale_file(
+    model: Rescaler,
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    size: Size | None = None,
+    scale=None,
+    tile: int | None = None,
+    refine: int | RefineConfig = 0,
+    overwrite: bool = False,
+) -> Picture:
+    """Read the image file `source`, downscale it and write the LR to `target` (PNG) the way
+    `iarn downscale` does: atomically, with the original size and the model recorded, so that
+    `upscale_file` (or `iarn upscale`) needs nothing else. Returns the LR picture. `overwrite`:
+    replace an existing `target`; `source` itself is never overwritten."""
+    source, target = Path(source), Path(target)
+    if target.exists() and source.exists() and os.path.samefile(source, target):
+        raise ValueError(f"{target}: is the input itself; iarn never overwrites an input")
+    picture = read_picture(source)
+    lr = downscale_picture(model, picture, size=size, scale=scale, tile=tile, refine=refine)
+    steps = refine.steps if isinstance(refine, RefineConfig) else int(refine)
+    write_picture(lr, target, hr_size=picture.size, model_id=model.model_id, overwrite=overwrite, refine=steps)
+    return lr
+
+
+def upscale_file(
+    model: Rescaler,
+    source: str | os.PathLike,
+    target: str | os.PathLike,
+    size: Size | None = None,
+    tile: int | None = None,
+    overwrite: bool = False,
+) -> Picture:
+    """Read an LR file, upscale it to `size` (H, W; by default the size it records) and write
+    the result to `target` atomically. Returns the restored picture."""
+    source, target = Path(source), Path(target)
+    if target.exists() and source.exists() and os.path.samefile(source, target):
+        raise ValueError(f"{target}: is the input itself; iarn never overwrites an input")
+    hr = upscale_picture(model, read_picture(source), size, tile=tile)
+    write_picture(hr, target, overwrite=overwrite)
+    return hr

@@ -7,6 +7,7 @@ malformed arguments, 1 otherwise); no traceback, no partial output file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -78,6 +79,15 @@ def tile_size(text: str) -> int:
     return value
 
 
+def device_name(text: str) -> str:
+    """auto, cpu, cuda, cuda:N or mps (whether it exists is the device policy's to say)."""
+    name = text.strip().lower()
+    kind, _, index = name.partition(":")
+    if name in ("auto", "cpu", "cuda", "mps") or (kind == "cuda" and index.isdigit()):
+        return name
+    raise argparse.ArgumentTypeError(f"unknown device {text!r}: expected auto, cpu, cuda, cuda:N or mps")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -105,9 +115,6 @@ def positive_float(text: str) -> float:
     return value
 
 
-DEFAULT_REFINE = 10  # the CLI's refinement steps: docs/results.md, "Refinement", has the trade-off
-
-
 def refine_steps(text: str) -> int:
     from .refine import MAX_REFINE_STEPS
 
@@ -127,13 +134,36 @@ def lr_psnr_bound(text: str) -> float:
     return value
 
 
-def _refine_flags(parser: argparse.ArgumentParser, default: int) -> None:
+def effort_level(text: str) -> int:
+    from .effort import EFFORTS
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value not in EFFORTS:
+        raise argparse.ArgumentTypeError(f"expected an effort from 0 to {max(EFFORTS)}, got {text!r}")
+    return value
+
+
+def _effort_help() -> str:
+    from .effort import CPU_EFFORT, GPU_EFFORT
+
+    return (
+        "how much to spend choosing the LR: 0 = the network's forward pass; 1 = and its learned "
+        "corrector (about the network's time again); 2, 3, 4, 5, 6 = and 2, 5, 10, 30, 100 "
+        "refinement steps (each about 3x the network's time; +0.3 to +3 dB). "
+        f"Default {CPU_EFFORT} on a CPU, {GPU_EFFORT} on a CUDA GPU"
+    )
+
+
+def _refine_flags(parser: argparse.ArgumentParser, default: int | None) -> None:
+    parser.add_argument("-e", "--effort", type=effort_level, default=default, metavar="0-6", help=_effort_help())
     parser.add_argument(
         "--refine",
         type=refine_steps,
-        default=default,
         metavar="N",
-        help="optimise the LR for N steps so that it upscales better (0: the network's LR; default %(default)s)",
+        help="exactly N refinement steps, whatever the effort (0: none)",
     )
     parser.add_argument(
         "--refine-lr-psnr",
@@ -151,12 +181,20 @@ def _refine_flags(parser: argparse.ArgumentParser, default: int) -> None:
     )
 
 
-def refine_config(args):
+def refine_config(args, model):
+    """The RefineConfig of `--effort`, `--refine` and the `--refine-*` flags; switches `model`'s
+    corrector on or off as the effort says."""
+    from .effort import plan
     from .refine import RefineConfig
 
-    return RefineConfig(steps=args.refine, lr_psnr_min=args.refine_lr_psnr, loss=args.refine_loss)
+    if model is None:  # evaluate --bicubic-only
+        return RefineConfig(steps=0)
+    chosen = plan(args.effort, args.refine, model.device)
+    model.correct = chosen.corrector
+    return RefineConfig(steps=chosen.refine, lr_psnr_min=args.refine_lr_psnr, loss=args.refine_loss)
 
 
+CPU_EFFORT_FOR_TABLES = 1  # evaluate: the corrector, no refinement, on every device (comparable tables)
 MAX_ZOOM = 32  # compare's panel enlargement: a 256-pixel crop at x32 is already 8192 pixels a side
 
 
@@ -171,7 +209,13 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--weights", metavar="PATH", help="a weight file (.safetensors)")
     group.add_argument("--model", metavar="NAME", help="a bundled model (default: default; `iarn info` lists them)")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    parser.add_argument(
+        "--device",
+        default="auto",
+        type=device_name,
+        metavar="DEV",
+        help="auto, cpu, cuda, cuda:N or mps (default auto)",
+    )
     parser.add_argument(
         "--tile", type=tile_size, metavar="N", help="tile with cores of N HR pixels, N >= 32 (default: automatic)"
     )
@@ -179,8 +223,8 @@ def _common(parser: argparse.ArgumentParser, precision: str = "auto") -> None:
         "--precision",
         default=precision,
         choices=["auto", "fp32", "bf16", "fp16"],
-        help="dtype of the network's subnets; auto: bf16 on CUDA GPUs from Ampere on and on CPUs with "
-        "AMX, else fp32 (default %(default)s)",
+        help="dtype of the network's subnets; auto: bf16 on CUDA GPUs from Ampere on, else fp32 "
+        "(refinement steps always run in fp32; default %(default)s)",
     )
     parser.add_argument("--allow-huge", action="store_true", help="read images above Pillow's decompression-bomb limit")
 
@@ -212,7 +256,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("-s", "--scale", type=parse_scale, help="S, or SH,SW (vertical, horizontal)")
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     down.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    _refine_flags(down, DEFAULT_REFINE)
+    _refine_flags(down, None)
     _png_level(down, PNG_LEVEL)
     _common(down)
 
@@ -233,7 +277,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     target.add_argument("--size", type=parse_size, metavar="WxH", help="LR size in pixels")
     trip.add_argument("--save", metavar="DIR", help="also write lr.png and restored.png there")
     trip.add_argument("--force", action="store_true", help="overwrite lr.png and restored.png in --save")
-    _refine_flags(trip, DEFAULT_REFINE)
+    _refine_flags(trip, None)
     _common(trip)
 
     compare = commands.add_parser("compare", help="a figure: one crop as HR / bicubic / iarn / iarn's LR")
@@ -247,7 +291,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
         "--zoom", type=zoom_factor, default=2, help=f"panel enlargement, 1 to {MAX_ZOOM} (default %(default)s)"
     )
     compare.add_argument("--force", action="store_true", help="overwrite an existing output")
-    _refine_flags(compare, DEFAULT_REFINE)
+    _refine_flags(compare, None)
     _common(compare)
 
     commands.add_parser("info", help="version, devices and bundled models")
@@ -279,7 +323,8 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
     ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
     ev.add_argument("--bicubic-only", action="store_true", help="only the bicubic rows; no model")
-    _refine_flags(ev, 0)
+    ev.add_argument("--force", action="store_true", help="overwrite existing --json, --markdown and --plot files")
+    _refine_flags(ev, CPU_EFFORT_FOR_TABLES)
     _common(ev, precision="fp32")
     return parser
 
@@ -488,12 +533,16 @@ def cmd_downscale(args) -> int:
 
         check_scale(args.scale, model.config.max_scale)
 
+    refine = refine_config(args, model)
+    progress = _step_progress(refine.steps, single=len(jobs) == 1)
+
     def read(source: Path, target: Path):
         _check_target(source, target, args.force)
-        return read_picture(source, allow_huge=args.allow_huge)
-
-    refine = refine_config(args)
-    progress = _step_progress(refine.steps, single=len(jobs) == 1)
+        picture = read_picture(source, allow_huge=args.allow_huge)
+        if len(jobs) == 1 and sys.stderr.isatty():  # a batch has its bar; one large image says it started
+            height, width = picture.size
+            print(f"downscaling {source} ({width}x{height}) ...", file=sys.stderr, flush=True)
+        return picture
 
     def compute(picture):
         lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
@@ -522,7 +571,7 @@ def _upscaler_for(args, given_model):
     when no model is given and that one is bundled, else `given_model`, with a warning when the
     file records another model (its LR then upscales only like a foreign image)."""
     from .rescaler import load
-    from .weights import bundled_by_id
+    from .weights import bundled_by_id, same_upscaler
 
     given = args.weights or args.model
     others: dict[str, object] = {}
@@ -532,7 +581,7 @@ def _upscaler_for(args, given_model):
         recorded = picture.model_id
         if recorded is None or given_model.model_id is None:
             return given_model
-        if recorded.rpartition("@")[2] == given_model.model_id.rpartition("@")[2]:
+        if same_upscaler(recorded, given_model.model_id, given_model.path):
             return given_model
         name = bundled_by_id(recorded) if given is None else None
         if name is not None:
@@ -563,6 +612,9 @@ def cmd_upscale(args) -> int:
     def read(source: Path, target: Path):
         _check_target(source, target, args.force)
         picture = read_picture(source, allow_huge=args.allow_huge)
+        size = args.size or picture.hr_size
+        if size is None:
+            raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
         if picture.lossy and not warned.is_set():
             warned.set()
             print(
@@ -571,9 +623,6 @@ def cmd_upscale(args) -> int:
                 file=sys.stderr,
             )
         model = pick(picture, source)
-        size = args.size or picture.hr_size
-        if size is None:
-            raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
         if args.size is None:
             try:
                 check_upscale_size(size, picture.size, model.config.max_scale)
@@ -599,9 +648,10 @@ def sample_image_path() -> Path:
 
 
 def cmd_roundtrip(args) -> int:
+    from .api import resize_alpha
     from .evaluate import bicubic_roundtrip, model_roundtrip
     from .geometry import target_size
-    from .imageio import read_picture, write_picture
+    from .imageio import as_written, read_picture, write_picture
     from .metrics import protocol_border, psnr_y
 
     path = Path(args.input) if args.input else sample_image_path()
@@ -617,21 +667,24 @@ def cmd_roundtrip(args) -> int:
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
     scale = (hr.shape[0] / lr_size[0], hr.shape[1] / lr_size[1])
     border = protocol_border(scale)
-    refine = refine_config(args)
+    refine = refine_config(args, model)
     lr, up = model_roundtrip(model, hr, lr_size, args.tile, refine, _step_progress(refine.steps))
+    # the pictures --save writes, and the scores of exactly what they hold
+    lr_picture = picture.with_pixels(lr, resize_alpha(picture.alpha, lr_size))
+    restored = picture.with_pixels(up, picture.alpha)
     bic_lr, bic_up = bicubic_roundtrip(hr, lr_size)
-    ours, bicubic, lr_fidelity = psnr_y(up, hr, border), psnr_y(bic_up, hr, border), psnr_y(lr, bic_lr)
+    ours, bicubic = psnr_y(as_written(restored), hr, border), psnr_y(bic_up, hr, border)
+    lr_fidelity = psnr_y(lr, bic_lr)
     print(
         f"{path.name}: {hr.shape[1]}x{hr.shape[0]} -> {lr_size[1]}x{lr_size[0]} (scale {scale[0]:.3g} x {scale[1]:.3g})"
     )
-    refined = f" (LR refined {refine.steps} steps)" if refine.steps else ""
-    print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{refined}")
+    spent = f" (effort: corrector {'on' if model.correct else 'off'}, {refine.steps} refinement steps)"
+    print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{spent}")
     print(f"  bicubic round trip PSNR-Y {bicubic:6.2f} dB   (iarn {ours - bicubic:+.2f} dB)")
     print(f"  iarn LR against bicubic LR PSNR-Y {lr_fidelity:.2f} dB")
     if args.save:
         folder = Path(args.save)
         lr_path, restored_path = folder / "lr.png", folder / "restored.png"
-        lr_picture = picture.with_pixels(lr, None)
         write_picture(
             lr_picture,
             lr_path,
@@ -643,7 +696,7 @@ def cmd_roundtrip(args) -> int:
         )
         written = False
         try:
-            write_picture(picture.with_pixels(up, None), restored_path, overwrite=args.force)
+            write_picture(restored, restored_path, overwrite=args.force)
             written = True
         finally:
             settle(lr_path, keep=written)
@@ -666,7 +719,7 @@ def cmd_compare(args) -> int:
     model = _load_model(args)
     picture = read_picture(path, allow_huge=args.allow_huge)
     lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
-    refine = refine_config(args)
+    refine = refine_config(args, model)
     figure, scores = comparison(
         model, picture.rgb, lr_size, args.crop, args.zoom, args.tile, refine, _step_progress(refine.steps)
     )
@@ -703,10 +756,12 @@ def cmd_info(args) -> int:
         training = json.loads(meta.get("training", "{}"))
         print(f"model {name}: {path} ({path.stat().st_size / 1e6:.1f} MB)")
         print(f"  config {meta.get('config')}")
-        if training:
-            steps = training.get("steps")
-            trained = f"trained {steps} steps" if steps is not None else "trained in parts"
-            print(f"  {trained}; {training.get('summary', '')}".rstrip("; "))
+        if meta.get("corrector"):
+            print(f"  LR corrector {meta['corrector']}")
+        if training.get("summary"):
+            print(f"  {training['summary']}")
+        elif training.get("steps") is not None:
+            print(f"  trained {training['steps']} steps")
     return 0
 
 
@@ -727,7 +782,15 @@ def cmd_export(args) -> int:
         folder = path.resolve().parent
         if folder.is_dir() and not os.access(folder, os.W_OK):  # checked before a 26 s export, not after
             raise CliError(f"{path}: its folder is not writable")
-    export_onnx(load_weights(resolve_weights(args.weights or args.model)), down, up)
+    print("exporting the downscale and upscale graphs (a few minutes on a CPU) ...", file=sys.stderr, flush=True)
+    network = load_weights(resolve_weights(args.weights or args.model))
+    if network.corrector is not None:
+        print(
+            "iarn: note: the downscale graph is the network's forward pass, without its LR corrector "
+            "(its LRs restore like `iarn downscale --effort 0`)",
+            file=sys.stderr,
+        )
+    export_onnx(network, down, up)
     print(f"wrote {down} (hr, lr_shape -> lr) and {up} (lr, hr_shape -> hr)")
     return 0
 
@@ -792,29 +855,53 @@ def _check_init_from(path: str, asked: dict) -> None:
         )
 
 
+def _evaluate_outputs(args) -> dict[str, Path]:
+    """evaluate's output files by kind, checked as every output is before any work: never an
+    image it reads, not one another, not an existing file without --force, in a writable folder."""
+    from .files import find_images
+
+    outputs = {
+        kind: Path(path)
+        for kind, path in (("markdown", args.markdown), ("json", args.json), ("plot", args.plot))
+        if path
+    }
+    inputs = {_identity(image) for folder in args.data for image in find_images([Path(folder)])}
+    seen: dict = {}
+    for kind, output in outputs.items():
+        key = _identity(output)
+        if key in inputs:
+            raise CliError(f"{output}: is one of the images evaluated; iarn never overwrites an input")
+        if key in seen:
+            raise CliError(f"--{seen[key]} and --{kind} name the same file {output}")
+        seen[key] = kind
+        if not output.resolve().parent.is_dir():
+            raise CliError(f"{output}: its folder does not exist")
+        if output.is_dir():
+            raise CliError(f"{output}: is a folder")
+        if output.exists() and not args.force:
+            raise CliError(f"{output}: exists; pass --force to overwrite")
+        if not os.access(output.resolve().parent, os.W_OK):  # before the evaluation, not after
+            raise CliError(f"{output}: its folder is not writable")
+    return outputs
+
+
 def cmd_evaluate(args) -> int:
     from .evaluate import PROTOCOL_SCALES, evaluate, markdown_table, plot, write_json
-    from .files import atomic_write
+    from .files import TargetExists, atomic_write
     from .geometry import check_scale
 
     scales = list(dict.fromkeys(args.scales or PROTOCOL_SCALES))  # each scale once, in the order given
     if any(value < 1 for scale in scales for value in scale):
         raise CliError("scales must be >= 1 (a downscale); got " + " ".join(f"{h:g},{w:g}" for h, w in scales))
+    for folder in args.data:
+        if not Path(folder).is_dir():
+            raise CliError(f"{folder}: no such folder")
+    outputs = _evaluate_outputs(args)
     if args.plot:
         try:
             import matplotlib  # noqa: F401  (checked before hours of evaluation, not after)
         except ImportError:
             raise CliError("--plot needs matplotlib: pip install 'iarn[plot]'") from None
-    for folder in args.data:
-        if not Path(folder).is_dir():
-            raise CliError(f"{folder}: no such folder")
-    for output in (args.json, args.markdown, args.plot):
-        if output and not Path(output).resolve().parent.is_dir():
-            raise CliError(f"{output}: its folder does not exist")
-        if output and Path(output).is_dir():
-            raise CliError(f"{output}: is a folder")
-        if output and not os.access(Path(output).resolve().parent, os.W_OK):  # before the evaluation, not after
-            raise CliError(f"{output}: its folder is not writable")
     model = None if args.bicubic_only else _load_model(args)
     if model is not None:
         for scale in scales:
@@ -832,20 +919,25 @@ def cmd_evaluate(args) -> int:
         progress=sys.stderr.isatty(),
         tile=args.tile,
         allow_huge=args.allow_huge,
-        refine=refine_config(args),
+        refine=refine_config(args, model),
         on_bad_image=on_bad_image,
     )
     table = markdown_table(results)
     print(table, end="")
-    try:
-        if args.markdown:
-            atomic_write(Path(args.markdown), lambda tmp: Path(tmp).write_text(table))
-        if args.json:
-            write_json(results, args.json)
-        if args.plot:
-            plot(results, args.plot)
-    except OSError as error:
-        raise CliError(f"{error.filename or 'output'}: cannot write it ({error.strerror})") from None
+    writers = {
+        "markdown": lambda path: atomic_write(path, lambda tmp: Path(tmp).write_text(table), replace=args.force),
+        "json": lambda path: write_json(results, path, replace=args.force),
+        "plot": lambda path: plot(results, path, replace=args.force),
+    }
+    for kind, path in outputs.items():
+        try:
+            writers[kind](path)
+        except TargetExists:
+            raise CliError(
+                f"{path}: exists (written by another process meanwhile?); pass --force to overwrite"
+            ) from None
+        except OSError as error:
+            raise CliError(f"{path}: cannot write it ({error.strerror or error})") from None
     if bad:
         print(f"iarn: error: {len(bad)} image(s) could not be read and are not in the table", file=sys.stderr)
         return 1
@@ -872,6 +964,9 @@ def main(argv: list[str] | None = None) -> int:
     from .weights import WeightsError
 
     keep_freed_memory()  # large feature maps reused, not paged in afresh (docs/performance.md)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 prints escaped, never fails
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(errors="backslashreplace")
     try:
         return COMMANDS[args.command](args)
     except (CliError, ImageError, WeightsError) as error:  # ours: a file name may hold a newline
@@ -893,9 +988,9 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"iarn: error: {_memory_advice(args)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:  # training's carries the signal: SIGTERM is 143, as everywhere
         print("iarn: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(error, "signum", 2)
 
 
 SMALL_TILE = 256

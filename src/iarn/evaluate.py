@@ -10,6 +10,7 @@ z = 0 throughout. Grayscale images are replicated to RGB.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -78,11 +79,23 @@ def score_image(
     return ours, bicubic
 
 
+PSNR_CAP = 100.0  # dB: an image restored exactly (a constant one) counts as this in a mean, not infinity
+
+
 def _mean(scores: list[Scores]) -> Scores:
+    """Means over images; PSNRs capped at PSNR_CAP first, so one exact image cannot make a set's
+    mean infinite."""
     fields = asdict(scores[0])
-    return Scores(
-        **{k: (None if fields[k] is None else float(np.mean([getattr(s, k) for s in scores]))) for k in fields}
-    )
+
+    def mean(name: str) -> float | None:
+        if fields[name] is None:
+            return None
+        values = [getattr(s, name) for s in scores]
+        if name != "ssim_y":
+            values = [min(v, PSNR_CAP) for v in values]
+        return float(np.mean(values))
+
+    return Scores(**{name: mean(name) for name in fields})
 
 
 def evaluate(
@@ -167,7 +180,10 @@ def markdown_table(results: dict) -> str:
             cells = [f"{by_scale[label][method]['psnr_y']:.2f}" for label in labels]
             lines.append(f"| {name} | {method} | " + " | ".join(cells) + " |")
     lines.append("")
-    lines.append("PSNR-Y in dB (BT.601, 8-bit outputs, ceil(max scale) border cropped); z = 0.")
+    lines.append(
+        "PSNR-Y in dB (BT.601, 8-bit outputs, ceil(max scale) border cropped; an exact image counts as "
+        f"{PSNR_CAP:g} dB in a mean); z = 0."
+    )
     for name, by_scale in results.items():
         lines.append("")
         lines.append(f"**{name}** ({by_scale[labels[0]]['images']} images)")
@@ -188,7 +204,7 @@ def markdown_table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(results: dict, path: str | Path) -> None:
+def plot(results: dict, path: str | Path, replace: bool = True) -> None:
     """PSNR-Y against (symmetric) scale per dataset, iarn solid and bicubic dashed."""
     try:
         import matplotlib
@@ -212,10 +228,23 @@ def plot(results: dict, path: str | Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    try:
+        atomic_write(Path(path), lambda tmp: fig.savefig(tmp, format="png"), replace=replace)
+    finally:
+        plt.close(fig)
 
 
-def write_json(results: dict, path: str | Path) -> None:
-    text = json.dumps(results, indent=2) + "\n"
-    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+def write_json(results: dict, path: str | Path, replace: bool = True) -> None:
+    """Standard JSON (no NaN or Infinity tokens: a non-finite number is written as null)."""
+    text = json.dumps(_finite(results), indent=2, allow_nan=False) + "\n"
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text), replace=replace)
+
+
+def _finite(value):
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

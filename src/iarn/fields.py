@@ -5,16 +5,20 @@ it got, on one line."""
 from __future__ import annotations
 
 import math
+import numbers
+
+import numpy as np
 
 
 def check_number(name: str, value: object, low: float, high: float, whole: bool = False) -> None:
-    """`value` is a finite number (a whole one when `whole`) in [low, high]; bools are not numbers."""
+    """`value` is a finite number (a whole one when `whole`) in [low, high]; bools are not
+    numbers; numpy's numbers are (a caller that stores one converts it: `int(value)`)."""
     kind = "a whole number" if whole else "a number"
-    is_number = isinstance(value, int) if whole else isinstance(value, (int, float))
+    is_number = isinstance(value, numbers.Integral) if whole else isinstance(value, numbers.Real)
     if (
         not is_number
-        or isinstance(value, bool)
-        or not (isinstance(value, int) or math.isfinite(value))
+        or isinstance(value, (bool, np.bool_))
+        or not (isinstance(value, numbers.Integral) or math.isfinite(value))
         or not low <= value <= high
     ):
         raise ValueError(f"{name} must be {kind} from {_show(low)} to {_show(high)}, got {value!r}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from numbers import Real
 
 Size = tuple[int, int]
@@ -91,5 +92,5 @@ def check_upscale_size(size, lr_size: Size, max_scale: float) -> Size:
 
 
 def check_tile(tile: int | None) -> None:
-    if tile is not None and (not isinstance(tile, int) or tile < MIN_TILE):
+    if tile is not None and (not isinstance(tile, numbers.Integral) or isinstance(tile, bool) or tile < MIN_TILE):
         raise ValueError(f"tile must be a whole number of at least {MIN_TILE} pixels, got {tile!r}")

@@ -4,7 +4,10 @@ Policy (tests/test_imageio.py checks each line):
 
 - EXIF orientation is applied on reading; the output is written upright, without EXIF.
 - Grayscale (L, 1, I;8) is processed as RGB with three equal channels and written back as
-  grayscale (the mean of the three output channels).
+  grayscale (the BT.601 luma of the three output channels, so PSNR-Y sees what the colour
+  output would give), except an LR: the network hides detail in
+  all three of its channels, so a grayscale photo's LR is written in colour (RGB, or RGBA)
+  with `iarn:grayscale` recorded, and its upscale is written as grayscale again.
 - Alpha (RGBA, LA, palette or RGB with transparency): the colour goes through the model; alpha
   is resized with the plain reference bicubic; the output is written with its alpha.
 - Palette images are converted to RGB(A); CMYK and YCbCr to RGB.
@@ -37,6 +40,7 @@ from .files import PNG_LEVEL, TargetExists, atomic_write
 HR_SIZE_KEY = "iarn:hr_size"
 MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.weights_id)
 REFINE_KEY = "iarn:refine"  # the refinement steps that chose the LR (0: the network's own LR)
+GRAY_KEY = "iarn:grayscale"  # "1": the LR of a grayscale photo (written in colour, restored as grayscale)
 PIXELS_KEY = "iarn:crc32"  # CRC-32 of the LR's pixels as written: a lossy re-encoding changes them
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -86,6 +90,49 @@ def _png_bit_depth(path: Path) -> int | None:
     return None
 
 
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
+
+
+def _png_image_data_ends_early(path: Path) -> bool:
+    """Whether a PNG's image data (its IDAT stream) is cut short or holds fewer bytes than its
+    header's size needs: Pillow fills the missing rows with black without a word. False for
+    anything that is not a PNG with a readable header (Pillow judges those)."""
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return False
+        inflate, produced, header = zlib.decompressobj(), 0, None
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                break
+            length, kind = struct.unpack(">I4s", head)
+            data = f.read(length)
+            f.read(4)  # CRC: Pillow checks it
+            if kind == b"IHDR" and len(data) >= 13:
+                header = struct.unpack(">IIBBBBB", data[:13])
+            elif kind == b"IDAT":
+                try:
+                    produced += len(inflate.decompress(data, 1 << 20))
+                    while inflate.unconsumed_tail:
+                        produced += len(inflate.decompress(inflate.unconsumed_tail, 1 << 20))
+                except zlib.error:
+                    return True
+            elif kind == b"IEND":
+                break
+    if header is None:
+        return False
+    width, height, depth, colour, _, _, interlace = header
+    bits = depth * PNG_CHANNELS.get(colour, 1)
+    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
+    need = 0
+    for row0, col0, row_step, col_step in passes:
+        rows, cols = -(-(height - row0) // row_step), -(-(width - col0) // col_step)
+        if rows > 0 and cols > 0:
+            need += rows * (1 + -(-cols * bits // 8))
+    return produced < need or not inflate.eof
+
+
 def _parse_hr_size(text: str | None) -> tuple[int, int] | None:
     if not text:
         return None
@@ -120,11 +167,12 @@ def picture_from_pil(image: Image.Image) -> Picture:
     icc = image.info.get("icc_profile") or None
     hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
     model_id = _parse_model_id(image.info.get(MODEL_KEY)) if hr_size is not None else None
+    gray_source = hr_size is not None and image.info.get(GRAY_KEY) == "1"
     lossy = _lossy_reason(image)
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has no pixels")
-    grayscale = image.mode in ("1", "L", "LA", "La")
+    grayscale = image.mode in ("1", "L", "LA", "La") or gray_source
     if image.mode == "CMYK":
         icc = None
     has_alpha = image.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in image.info
@@ -139,18 +187,38 @@ def picture_from_pil(image: Image.Image) -> Picture:
 
 
 def _pixels_crc(image: Image.Image) -> str:
-    return f"{zlib.crc32(image.tobytes()):08x}"
+    """CRC-32 of an image's colour as RGB bytes: the same for any lossless encoding of the pixels
+    (palette, RGBA with an opaque alpha, ...)."""
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return f"{zlib.crc32(rgb.tobytes()):08x}"
 
 
 def _lossy_reason(image: Image.Image) -> str | None:
-    """Why an opened image's pixels are not the ones iarn wrote, when it can tell: a JPEG, or an
-    LR PNG whose recorded checksum no longer matches (re-encoded lossily, or edited)."""
+    """Why an opened image's pixels are not the ones iarn wrote, when it can tell: a JPEG, a
+    lossy WebP, or an LR PNG whose recorded checksum no longer matches its colour (re-encoded
+    lossily, or edited)."""
     if image.format == "JPEG":
         return "it is a JPEG"
     recorded = image.info.get(PIXELS_KEY)
-    if isinstance(recorded, str) and recorded != _pixels_crc(image):
+    # files of earlier releases hold the CRC of the bytes in the file's own mode
+    if isinstance(recorded, str) and recorded not in (_pixels_crc(image), f"{zlib.crc32(image.tobytes()):08x}"):
         return "its pixels are no longer those iarn wrote (re-encoded lossily, or edited)"
     return None
+
+
+def _webp_is_lossy(path: Path) -> bool:
+    """Whether a WebP file holds a lossy (VP8) bitstream rather than a lossless (VP8L) one."""
+    with open(path, "rb") as f:
+        if f.read(4) != b"RIFF" or f.read(8)[4:] != b"WEBP":
+            return False
+        while True:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            kind, length = head[:4], struct.unpack("<I", head[4:])[0]
+            if kind in (b"VP8 ", b"VP8L"):
+                return kind == b"VP8 "
+            f.seek(length + (length & 1), os.SEEK_CUR)
 
 
 def picture_from_array(array: np.ndarray) -> Picture:
@@ -177,6 +245,8 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
             raise ImageError(f"{path}: empty file, not an image")
         if _png_bit_depth(path) == 16:
             raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
+        if _png_image_data_ends_early(path):
+            raise ImageError(f"{path}: truncated or corrupt image (its image data ends before its last row)")
     except PermissionError:
         raise ImageError(f"{path}: cannot read it (permission denied)") from None
     size = None
@@ -187,7 +257,10 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
                 size = image.size
                 _check_decodable(image)
                 image.load()
-                return picture_from_pil(image)
+                picture = picture_from_pil(image)
+                if image.format == "WEBP" and picture.lossy is None and _webp_is_lossy(path):
+                    picture = replace(picture, lossy="it is a lossy WebP")
+                return picture
     except ImageError as error:
         raise ImageError(f"{path}: {error}") from None
     except MemoryError:
@@ -242,16 +315,33 @@ def _check_decodable(image: Image.Image) -> None:
         raise ImageError(_too_large(image.size, available))
 
 
-def to_pil(picture: Picture) -> Image.Image:
-    """Picture -> Pillow image in the mode the policy writes (L, LA, RGB or RGBA)."""
-    if picture.grayscale:
-        gray = np.round(picture.rgb.astype(np.float32).mean(axis=2)).astype(np.uint8)
+LUMA = np.array([0.299, 0.587, 0.114])  # BT.601, the proportions of PSNR-Y's weights
+
+
+def luma_8bit(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 -> (H, W) uint8: BT.601 luma, rounded."""
+    return np.clip(np.round(rgb.astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+
+
+def to_pil(picture: Picture, lr: bool = False) -> Image.Image:
+    """Picture -> Pillow image in the mode the policy writes (L, LA, RGB or RGBA); `lr`: an LR,
+    always in colour."""
+    if picture.grayscale and not lr:
+        gray = luma_8bit(picture.rgb)
         if picture.alpha is not None:
             return Image.fromarray(np.stack([gray, picture.alpha], axis=2), "LA")
         return Image.fromarray(gray, "L")
     if picture.alpha is not None:
         return Image.fromarray(np.concatenate([picture.rgb, picture.alpha[..., None]], axis=2), "RGBA")
     return Image.fromarray(picture.rgb, "RGB")
+
+
+def as_written(picture: Picture) -> np.ndarray:
+    """The RGB (H, W, 3) uint8 that a file written from `picture` (not an LR) gives back when
+    read: a grayscale picture's channels become their mean."""
+    if not picture.grayscale:
+        return picture.rgb
+    return np.asarray(to_pil(replace(picture, alpha=None)).convert("RGB"))
 
 
 def write_picture(
@@ -266,11 +356,12 @@ def write_picture(
 ) -> None:
     """Write atomically; `hr_size` (H, W), `model_id` (NAME@HASH of the weights that made an
     LR) and `refine` (its refinement steps) are recorded in PNG text chunks; `png_level` is
-    zlib's level (0-9) for PNG.
+    zlib's level (0-9) for PNG. With `hr_size` the picture is an LR: written in colour even for
+    a grayscale photo (module docstring).
     `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends.
     `provisional`: see files.atomic_write (removed if the process is ended before files.settle)."""
     path = Path(path)
-    image = to_pil(picture)
+    image = to_pil(picture, lr=hr_size is not None)
     suffix = path.suffix.lower()
     image_format = Image.registered_extensions().get(suffix)
     if image_format is None:
@@ -286,6 +377,8 @@ def write_picture(
             info.add_text(MODEL_KEY, model_id)
         if refine is not None:
             info.add_text(REFINE_KEY, str(refine))
+        if hr_size is not None and picture.grayscale:
+            info.add_text(GRAY_KEY, "1")
         if hr_size is not None:
             info.add_text(PIXELS_KEY, _pixels_crc(image))
         options["pnginfo"] = info

@@ -47,6 +47,8 @@ REFINE_BYTES_PER_PIXEL = 2000
 REFINE_WHOLE_BYTES = 4 << 30
 REFINE_TILE = 512
 LR_PSNR_MARGIN = 0.02  # dB above the bound that the projection aims at, so that rounding keeps it
+ROUNDING_STEP_DB = 0.05  # refine_lr: how much higher an image aims after rounding took it under the floor
+BOUND_TRIES = 20  # hold_lr_bound: projections, each aiming 0.1 dB higher for images still under
 # BT.601 luma weights for RGB in [0, 1] -> Y / 255 (the offset 16 cancels in differences)
 Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
 
@@ -100,26 +102,57 @@ def lr_psnr_y(lr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 
 
 def project_lr(v: torch.Tensor, reference: torch.Tensor, floor_db: torch.Tensor) -> torch.Tensor:
-    """The nearest LR to `v` whose Y deviation from `reference` has PSNR-Y >= floor_db (per image):
-    only the luma component of the deviation is scaled down (the bound does not see chroma);
-    then clamped to [0, 1]."""
+    """An LR near `v`, in [0, 1], whose Y deviation from `reference` (in [0, 1]) has PSNR-Y >=
+    floor_db (per image): the luma component of the deviation is scaled down (the bound does not
+    see chroma) and the result clamped; where clamping brought luma back over the bound (colour
+    at the ends of the range), the whole deviation is then scaled down too, which stays in [0, 1]."""
+    allowed = torch.pow(10.0, -floor_db.double() / 10)
     d = v - reference
     w = torch.tensor(Y_WEIGHTS, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
     yd = (d * w).sum(dim=1, keepdim=True)
+    v = (v - (1 - _shrink(yd, allowed, v.dtype)) * yd * w / w.pow(2).sum()).clamp(0, 1)
+    d = v - reference
+    return reference + _shrink((d * w).sum(dim=1, keepdim=True), allowed, v.dtype) * d
+
+
+def _shrink(yd: torch.Tensor, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Per image (B, 1, 1, 1): the factor that brings the mean square of `yd` to `allowed`, or 1."""
     mse = yd.double().pow(2).mean(dim=(1, 2, 3))
-    allowed = torch.pow(10.0, -floor_db.double() / 10)
     shrink = torch.where(mse > allowed, torch.sqrt(allowed / mse.clamp_min(1e-30)), torch.ones_like(mse))
-    shrink = shrink.to(v.dtype).view(-1, 1, 1, 1)
-    return (v - (1 - shrink) * yd * w / w.pow(2).sum()).clamp(0, 1)
+    return shrink.to(dtype).view(-1, 1, 1, 1)
 
 
-def _error(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
+def error_per_image(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-image sum of the squared error (B,), in the loss's channels."""
     diff = pred.clamp(0, 1) - target
     rgb = diff.pow(2).sum(dim=(1, 2, 3)) / 3
     if loss == "rgb":
         return rgb
     return luma(diff).pow(2).sum(dim=(1, 2, 3)) + 0.1 * rgb
+
+
+def reference_lr(hr: torch.Tensor, lr_size: Size, dtype: torch.dtype) -> torch.Tensor:
+    """The LR the bound is measured against, as the protocol measures it: the bicubic downscale
+    of the HR (B, 3, H, W, float or uint8), rounded to 8 bits, in `dtype`."""
+    return quantize_8bit(resize(as_float(hr, torch.float64), lr_size)).to(dtype)
+
+
+def hold_lr_bound(lr: torch.Tensor, hr: torch.Tensor, lr_psnr_min: float) -> torch.Tensor:
+    """The 8-bit LR nearest to `lr` (B, 3, h, w, unquantised) whose PSNR-Y against the bicubic
+    LR of `hr` is at least `lr_psnr_min` dB, per image (0: `lr` rounded). The projection aims a
+    little above the bound and aims higher for an image that rounding took under it."""
+    if lr_psnr_min <= 0 or (lr.shape[-2], lr.shape[-1]) == (hr.shape[-2], hr.shape[-1]):
+        return quantize_8bit(lr)
+    reference = reference_lr(hr, (lr.shape[-2], lr.shape[-1]), lr.dtype)
+    floor = torch.full((lr.shape[0],), float(lr_psnr_min), dtype=torch.float64, device=lr.device)
+    aim = floor + LR_PSNR_MARGIN
+    for _ in range(BOUND_TRIES):
+        q = quantize_8bit(project_lr(lr, reference, aim))
+        short = lr_psnr_y(q, reference) < floor
+        if not bool(short.any()):
+            break
+        aim = torch.where(short, aim + 0.1, aim)
+    return q
 
 
 class TiledObjective:
@@ -156,7 +189,7 @@ class TiledObjective:
             )
             pred = pred[..., rows[0] - hr_rows[0] : rows[1] - hr_rows[0], cols[0] - hr_cols[0] : cols[1] - hr_cols[0]]
             target = as_float(self.hr[..., rows[0] : rows[1], cols[0] : cols[1]], dtype)
-            error = _error(pred, target, self.loss)
+            error = error_per_image(pred, target, self.loss)
             if grad is not None:
                 (crop_grad,) = torch.autograd.grad(error.sum() / self.pixels, crop)
                 grad[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]] += crop_grad
@@ -192,8 +225,7 @@ def refine_lr(
         return lr
     dtype = network.state_dtype
     lr_size = (lr.shape[-2], lr.shape[-1])
-    # The reference, as the protocol measures the LR: bicubic of the HR, rounded to 8 bits.
-    reference = quantize_8bit(resize(as_float(hr, torch.float64), lr_size)).to(dtype)
+    reference = reference_lr(hr, lr_size, dtype)
     objective = TiledObjective(network, hr, lr_size, tile, config.loss)
     v = lr.detach().to(dtype).clone()
     start_db = lr_psnr_y(v, reference)
@@ -216,6 +248,8 @@ def refine_lr(
         best[better] = q[better]
         if last:
             break
+        if bounded:  # rounding took an image under its floor: aim higher, so its next steps count
+            aim_db = torch.where(feasible, aim_db, aim_db + ROUNDING_STEP_DB)
         size = first_step * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))  # cosine to a tenth
         if adam is not None:
             adam.param_groups[0]["lr"] = size

@@ -17,6 +17,7 @@ moves pixels to the device, and holds the precision and memory layout chosen by 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Callable
 
@@ -24,13 +25,14 @@ import torch
 
 from .devices import resolve_device, resolve_memory_format, resolve_precision
 from .geometry import Size, check_tile, check_upscale_size, target_size
-from .model import IARN, ModelConfig, quantize_8bit
+from .model import IARN, ModelConfig
 from .refine import (
     REFINE_BYTES_PER_PIXEL,
     REFINE_TILE,
     REFINE_WHOLE_BYTES,
     RefineConfig,
     check_refine_steps,
+    hold_lr_bound,
     refine_lr,
 )
 from .tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, as_float, seeded_noise, tiled_downscale, tiled_upscale
@@ -50,6 +52,9 @@ class Rescaler:
         layout = resolve_memory_format(self.device, self.dtype)
         self.network = network.to(self.device, self.dtype).to(memory_format=layout).eval()
         self.model_id: str | None = None  # NAME@HASH of the weight file (`load` sets it)
+        self.path: str | None = None  # the weight file (`load` sets it)
+        self.correct = True  # downscale through the network's LR corrector, where it has one
+        self._fp32: IARN | None = None  # fp32_network's copy
 
     @property
     def config(self) -> ModelConfig:
@@ -83,6 +88,7 @@ class Rescaler:
         check_tile(tile)
         if not isinstance(refine, RefineConfig):
             check_refine_steps(refine)
+            refine = int(refine)
         lr_size = target_size((x.shape[-2], x.shape[-1]), self.config.max_scale, size=size, scale=scale)
         return self.downscale_pixels(x, lr_size, tile, refine, progress)
 
@@ -118,22 +124,34 @@ class Rescaler:
     ) -> torch.Tensor:
         """(B, 3, H, W) uint8, or float in [0, 1] -> 8-bit-rounded LR (B, 3, h, w), float.
         `refine`, `progress`: as in `downscale`."""
-        config = refine if isinstance(refine, RefineConfig) else RefineConfig(steps=refine)
+        config = refine if isinstance(refine, RefineConfig) else RefineConfig(steps=int(refine))
         x = x.to(self.device)
-        lr = self._network_lr(x, lr_size, tile)
+        lr = hold_lr_bound(self._network_lr(x, lr_size, tile), x, config.lr_psnr_min)
         hr_size = (x.shape[-2], x.shape[-1])
         if config.steps == 0 or hr_size == lr_size:  # an LR of the HR's size is the HR: nothing to refine
             return lr
         with torch.inference_mode(False):  # the LR is optimised through the upscaler's autograd
-            return refine_lr(self.network, x, lr.clone(), config, self.refine_tile(hr_size, lr_size, tile), progress)
+            network = self.fp32_network()
+            return refine_lr(network, x, lr.clone(), config, self.refine_tile(hr_size, lr_size, tile), progress)
+
+    def fp32_network(self) -> IARN:
+        """The network with fp32 subnets, what refinement steps through: in bf16 or fp16 the
+        gradient is too coarse to improve an 8-bit LR (a first bf16 step raised the loss 42 %).
+        The network itself when it is fp32 already, else an fp32 copy made once."""
+        if self.dtype == torch.float32:
+            return self.network
+        if self._fp32 is None:
+            self._fp32 = copy.deepcopy(self.network).to(dtype=torch.float32).eval()
+        return self._fp32
 
     @torch.inference_mode()
     def _network_lr(self, x: torch.Tensor, lr_size: Size, tile: int | None) -> torch.Tensor:
+        """The network's LR, through its corrector when it has one and `correct` is on; unquantised."""
         hr_size = (x.shape[-2], x.shape[-1])
         if self.whole_image(hr_size, tile, lr_size):
-            lr, _ = self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size)
-            return quantize_8bit(lr)
-        return tiled_downscale(self.network, x, lr_size, tile)
+            x = as_float(x, self.network.state_dtype)
+            return self.network.down_region(x, hr_size, lr_size, correct=self.correct)[0]
+        return tiled_downscale(self.network, x, lr_size, tile, correct=self.correct)
 
     @torch.inference_mode()
     def upscale_pixels(
@@ -206,6 +224,7 @@ def load(
     path = resolve_weights(path_or_name)
     runner = Rescaler(load_weights(path), device, precision)
     runner.model_id = weights_id(path)
+    runner.path = str(path)
     return runner
 
 

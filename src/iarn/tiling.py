@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from .geometry import Size
-from .model.network import quantize_8bit
 
 if TYPE_CHECKING:
     from .model import IARN
@@ -95,10 +94,17 @@ def _run_tiled(out: torch.Tensor, tile_out: Size, overlap: int, compute) -> torc
 
 
 def tiled_downscale(
-    model: IARN, x: torch.Tensor, lr_size: Size, tile: int | None, context: int = CONTEXT, overlap: int = OVERLAP
+    model: IARN,
+    x: torch.Tensor,
+    lr_size: Size,
+    tile: int | None,
+    context: int = CONTEXT,
+    overlap: int = OVERLAP,
+    correct: bool = False,
 ) -> torch.Tensor:
-    """(B, 3, H, W) float in [0, 1] or uint8 -> 8-bit-rounded LR (B, 3, h, w), float, in tiles
-    with cores of about `tile` (default DEFAULT_TILE) HR pixels a side."""
+    """(B, 3, H, W) float in [0, 1] or uint8 -> unquantised LR (B, 3, h, w), float, in tiles
+    with cores of about `tile` (default DEFAULT_TILE) HR pixels a side; `correct` as in
+    `IARN.down_region`."""
     hr_size = (x.shape[-2], x.shape[-1])
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
@@ -109,11 +115,11 @@ def tiled_downscale(
         crop_rows = geometry.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
         crop_cols = geometry.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
-        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols)
+        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols, correct)
         return lr
 
     out = torch.zeros(x.shape[0], 3, *lr_size, dtype=dtype, device=x.device)
-    return quantize_8bit(_run_tiled(out, tile_lr, overlap, compute))
+    return _run_tiled(out, tile_lr, overlap, compute)
 
 
 def upscale_spans(model: IARN, hr_size: Size, lr_size: Size, rows: Range, cols: Range, context: int = CONTEXT):

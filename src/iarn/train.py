@@ -280,6 +280,14 @@ MAX_LAMBDA_LR = 1e4  # the LR weight with the shortfall factor: (mse/target)**p 
 MAX_SKIPPED_IN_A_ROW = 20  # non-finite steps in a row after which a run stops: it has diverged
 
 
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM ended a run (`signum` says which; the CLI exits 128 + signum)."""
+
+    def __init__(self, signum: int, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+
 class TrainingDiverged(RuntimeError):
     """Too many steps in a row had a non-finite loss or gradient."""
 
@@ -594,7 +602,8 @@ def train(
     always records the step the run stops at, whatever stopped it.
 
     Ctrl-C or SIGTERM ends the run after the step in progress: the checkpoint of that step is
-    written, then KeyboardInterrupt is raised (a second signal interrupts at once). A step whose
+    written, then TrainingInterrupted (a KeyboardInterrupt) is raised (a second signal
+    interrupts at once). A run that ends before its first step writes nothing: ValueError. A step whose
     loss or gradient is not finite is skipped (counted in the log as `skipped`); after
     MAX_SKIPPED_IN_A_ROW of them in a row, TrainingDiverged, with the last good checkpoint kept.
     """
@@ -614,6 +623,7 @@ def stop_signals():
 
     def on_signal(signum, frame):
         if not interrupted.is_set():
+            interrupted.signum = signum  # type: ignore[attr-defined]
             interrupted.set()
         elif callable(previous[signum]):
             previous[signum](signum, frame)
@@ -731,13 +741,21 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
             save_checkpoint(state, cfg, checkpoint_path)
     if log is not None and unlogged is not None:  # stopped by the clock or --stop-at between log steps
         record(*unlogged)
+    if state.step == 0:  # nothing trained: no checkpoint, no model (they would be the initial weights)
+        if log is not None:
+            log.close()
+        if _on_any_rank(interrupted.is_set(), runtime):
+            raise TrainingInterrupted(
+                getattr(interrupted, "signum", signal.SIGINT), "interrupted before the first step"
+            )
+        raise ValueError("the run ended before its first step (--max-minutes or --stop-at): no model written")
     if runtime.master:
         save_checkpoint(state, cfg, checkpoint_path)
         log.close()
     if state.step < cfg.steps and _on_any_rank(interrupted.is_set(), runtime):
         if runtime.master:
             print(f"interrupted at step {state.step}: wrote {checkpoint_path} (go on with --resume auto)", flush=True)
-        raise KeyboardInterrupt
+        raise TrainingInterrupted(getattr(interrupted, "signum", signal.SIGINT), f"interrupted at step {state.step}")
     final = out / "model.safetensors"
     if runtime.master:
         save_weights(state.model, final, training={"steps": state.step, "train_config": cfg.to_dict()})

@@ -20,21 +20,35 @@ from safetensors.torch import load_file, save_file
 
 from .files import atomic_write
 from .model import IARN, ModelConfig
+from .model.corrector import CorrectorConfig
 
 FORMAT = "iarn"
 FORMAT_VERSION = "1"
 BUNDLED = ("default", "naive-x2")
+SAME_UPSCALER_KEY = "same_upscaler_as"  # JSON list of the HASHes of files with this file's upscaler
 
 
 class WeightsError(ValueError):
     """A weight file that is missing, unreadable, or does not fit this version of iarn."""
 
 
-def save_weights(model: IARN, path: str | os.PathLike, training: dict | None = None) -> None:
-    """Write `model`'s weights and config to `path` atomically (temp file, then rename)."""
+def save_weights(
+    model: IARN,
+    path: str | os.PathLike,
+    training: dict | None = None,
+    same_upscaler_as: str | os.PathLike | None = None,
+) -> None:
+    """Write `model`'s weights and config (and its corrector's) to `path` atomically (temp file,
+    then rename). `same_upscaler_as`: a weight file whose upscaler this one's is, bit for bit
+    (a corrector added): LRs recorded as made by it (or by the files it names so) upscale with
+    this one without a warning."""
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
+    if model.corrector is not None:
+        metadata["corrector"] = model.corrector.config.to_json()
     if training is not None:
         metadata["training"] = json.dumps(training, sort_keys=True)
+    if same_upscaler_as is not None:
+        metadata[SAME_UPSCALER_KEY] = json.dumps(sorted(_upscaler_set(Path(same_upscaler_as).resolve())))
     tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
     check_finite(tensors, path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
@@ -77,10 +91,12 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         )
     try:
         config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        corrector = metadata.get("corrector")
+        corrector = CorrectorConfig.from_dict(json.loads(corrector)) if corrector is not None else None
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as error:
         raise WeightsError(f"{path}: its config does not fit this iarn: {error}") from None
     with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to fit
-        expected = {name: tuple(t.shape) for name, t in IARN(config).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in IARN(config, corrector).state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
@@ -94,7 +110,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     broken = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if broken:
         raise WeightsError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. {broken[0]}")
-    model = IARN(config)
+    model = IARN(config, corrector)
     model.load_state_dict(tensors)
     return model.to(device).eval()
 
@@ -138,6 +154,36 @@ def _file_hash(path: Path) -> str:
 
 
 def bundled_by_id(model_id: str) -> str | None:
-    """The bundled model whose weights have the HASH of `model_id` (NAME@HASH), if any."""
+    """The bundled model whose upscaler is that of `model_id` (NAME@HASH): its weights have that
+    HASH, or are recorded as having the upscaler of a file that had it. None if none is."""
     digest = model_id.rpartition("@")[2]
-    return next((n for n in BUNDLED if (p := bundled_path(n)) is not None and _file_hash(p.resolve()) == digest), None)
+    for name in BUNDLED:
+        path = bundled_path(name)
+        if path is not None and digest in _upscaler_set(path.resolve()):
+            return name
+    return None
+
+
+def upscaler_hashes(model_id: str, path: str | os.PathLike | None = None) -> set[str]:
+    """The HASHes whose LRs the weights of `model_id` (at `path`, or a bundled one) upscale as
+    their makers did: its own and those its metadata records."""
+    digest = model_id.rpartition("@")[2]
+    if path is None:
+        name = bundled_by_id(model_id)
+        path = bundled_path(name) if name is not None else None
+    return {digest} | (set(_upscaler_set(Path(path).resolve())) if path is not None else set())
+
+
+def same_upscaler(recorded: str, model_id: str, path: str | os.PathLike | None) -> bool:
+    """Whether an LR recorded as made by `recorded` (NAME@HASH) upscales with the weights
+    `model_id` at `path` exactly as with the ones that made it."""
+    return recorded.rpartition("@")[2] in upscaler_hashes(model_id, path)
+
+
+@lru_cache(maxsize=16)
+def _upscaler_set(path: Path) -> frozenset[str]:
+    try:
+        earlier = json.loads(read_metadata(path).get(SAME_UPSCALER_KEY, "[]"))
+    except (WeightsError, json.JSONDecodeError):
+        earlier = []
+    return frozenset([_file_hash(path), *(h for h in earlier if isinstance(h, str))])

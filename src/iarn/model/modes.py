@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..geometry import Size
 from ..resample import apply_matrices, input_span, pinv_matrix, pinv_span, resample_matrix, resize
+from .corrector import corrector_features
 from .coupling import LR_CHANNELS
 from .encoding import middle_encoding
 from .haar import haar_forward_levels, haar_inverse_levels, level_size
@@ -37,6 +38,7 @@ class Core(Protocol):
     levels: int
     config: Any
     device: torch.device
+    corrector: Any
 
     def conds_for(self, hr_size: Size, lr_size: Size, grid_start: Size, grid: Size, level: int) -> torch.Tensor: ...
 
@@ -106,9 +108,18 @@ class Mode:
         raise NotImplementedError
 
     def down(
-        self, net: Core, x: torch.Tensor, hr_size: Size, lr_size: Size, hr_start: Size, lr_rows: Range, lr_cols: Range
+        self,
+        net: Core,
+        x: torch.Tensor,
+        hr_size: Size,
+        lr_size: Size,
+        hr_start: Size,
+        lr_rows: Range,
+        lr_cols: Range,
+        correct: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Unquantised LR rows/cols of the whole image, from the HR crop `x` at `hr_start`."""
+        """Unquantised LR rows/cols of the whole image, from the HR crop `x` at `hr_start`;
+        `correct`: through the network's LR corrector, where the mode and network have one."""
         grid = net.encode(x, hr_size, lr_size, hr_start)
         source, by_product = self.lr_source(grid, net.levels, (x.shape[-2], x.shape[-1]))
         (cell_h, lattice_h), (cell_w, lattice_w) = (self.lattice(net.levels, n) for n in hr_size)
@@ -220,7 +231,7 @@ class Naive(Split):
             start, stop = input_span(middle, hr_size[axis], *rows)  # middle rows the HR rows read
         return max(0, (start - context) // factor), min(lr_size[axis], -(-(stop + context) // factor))
 
-    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False):
         steps = self.steps(net, hr_size, lr_size)
         factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
         rows, cols = (
@@ -230,14 +241,17 @@ class Naive(Split):
             for k in range(2)
         )
         y = resample_crop(x, hr_start, hr_size, middle, rows, cols)
-        latents = []
+        details = []
         for level in range(1, steps + 1):
             start = (rows[0] >> level, cols[0] >> level)
             grid_size = (y.shape[-2] // 2, y.shape[-1] // 2)
             cond = self.condition(net, level, start, grid_size, hr_size, middle, lr_size)
             stage = self.stage_index(net.config, steps, level)
             y, z = self.lr_source(net.encode_step(y, stage, cond), 1, None)
-            latents.append(z.flatten(1))
+            details.append(z)
+        latents = [z.flatten(1) for z in details]
+        if correct and net.corrector is not None:  # on the crop's whole LR: its context absorbs the borders
+            y = net.corrector(y, corrector_features(y, details, cond), steps)
         top, left = rows[0] // factor, cols[0] // factor
         y = y[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
         return y, torch.cat(latents, dim=1)
@@ -315,7 +329,7 @@ class Resample(Mode):
     def lr_span_for_hr(self, net, hr_size, lr_size, axis, rows, context):
         return input_span(lr_size[axis], hr_size[axis], *rows)
 
-    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols):
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False):
         return resample_crop(x, hr_start, hr_size, lr_size, lr_rows, lr_cols), x.new_zeros(x.shape[0], 0)
 
     def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):

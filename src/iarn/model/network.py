@@ -22,6 +22,7 @@ from torch import nn
 
 from ..fields import check_choice, check_number
 from ..geometry import Size
+from .corrector import Corrector, CorrectorConfig
 from .coupling import CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
 from .haar import haar_forward, haar_inverse, level_size
@@ -111,7 +112,7 @@ def _full(span: Range | None, size: int) -> Range:
 class IARN(nn.Module):
     """Haar levels with coupling blocks, conditioned on the scale encoding."""
 
-    def __init__(self, config: ModelConfig | None = None) -> None:
+    def __init__(self, config: ModelConfig | None = None, corrector: CorrectorConfig | None = None) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         cfg = self.config
@@ -124,6 +125,9 @@ class IARN(nn.Module):
             )
             for level in mode.stage_levels(cfg)
         )
+        # The learned LR encoder on top of the forward pass (model/corrector.py): downscale only,
+        # `middle` and `naive` modes; the upscaler never sees it.
+        self.corrector = Corrector(corrector) if corrector is not None else None
 
     @property
     def state_dtype(self) -> torch.dtype:
@@ -232,14 +236,16 @@ class IARN(nn.Module):
         hr_start: Size = (0, 0),
         lr_rows: Range | None = None,
         lr_cols: Range | None = None,
+        correct: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`.
+        """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`;
+        `correct`: through the LR corrector, where the network has one (else the forward pass's).
 
         Returns the unquantized LR (B, 3, rows, cols) and the by-product the training loss
         needs (the mode's: `z` in `split` mode, the full-resolution image `x'` in `cycle` mode).
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
-        return self.geometry(hr_size, lr_size).down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols)
+        return self.geometry(hr_size, lr_size).down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct)
 
     def up_region(
         self,

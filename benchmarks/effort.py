@@ -1,0 +1,153 @@
+"""dB against seconds for each effort level (issue 38): what `--effort` costs and buys.
+
+    python benchmarks/effort.py --data ../shared/data/benchmark/Set5 --scales 2 3 4 1.5,4 \
+        --efforts 0 1 2 3 --json runs/effort.json
+    python benchmarks/effort.py --time-only --efforts 0 1 2 3 4      # the 1 MP timing alone
+
+Two parts, in one process on one machine:
+
+- **Time**: a 1 MP image (the bundled sample resized to 1224x816) downscaled at x2 and x3 at each
+  effort, `--repeats` times after one warm-up; medians, and their ratio to effort 0 (the
+  network's pass alone) measured in the same process.
+- **Fidelity**: per dataset, scale and effort, the protocol's mean PSNR-Y of the round trip and
+  the smallest LR PSNR-Y against the bicubic LR of any image (the 44 dB promise holds per
+  image), with fp32 on the device given.
+
+Ratios, not seconds, carry over between machines; GPU seconds come from `--device cuda`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from iarn import Rescaler
+from iarn.cli import parse_scale, sample_image_path
+from iarn.convert import to_tensor
+from iarn.effort import EFFORTS
+from iarn.evaluate import bicubic_roundtrip, model_roundtrip, scale_label
+from iarn.files import atomic_write, find_images
+from iarn.geometry import size_for_scale
+from iarn.imageio import read_picture
+from iarn.metrics import protocol_border, psnr_y
+from iarn.refine import RefineConfig
+from iarn.weights import load_weights, resolve_weights
+
+ONE_MEGAPIXEL = (816, 1224)
+
+
+def timing(model: Rescaler, efforts: list[int], repeats: int) -> dict:
+    """{scale: {effort: {"median_s", "ratio"}}} for a 1 MP image at x2 and x3."""
+    sample = Image.open(sample_image_path()).convert("RGB").resize(ONE_MEGAPIXEL[::-1], Image.Resampling.BICUBIC)
+    hr = to_tensor(np.asarray(sample))
+    results: dict = {}
+    for scale in (2.0, 3.0):
+        lr_size = size_for_scale(ONE_MEGAPIXEL, scale)
+        row: dict = {}
+        for effort in efforts:
+            level = EFFORTS[effort]
+            model.correct = level.corrector
+            times = []
+            for attempt in range(repeats + 1):
+                start = time.perf_counter()
+                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=level.refine))
+                if attempt:  # the first is a warm-up
+                    times.append(time.perf_counter() - start)
+            row[effort] = {"median_s": statistics.median(times)}
+            print(f"x{scale:g} effort {effort}: {row[effort]['median_s']:.2f} s", file=sys.stderr, flush=True)
+        base = row[min(row)]["median_s"]
+        for effort in row:
+            row[effort]["ratio"] = row[effort]["median_s"] / base
+        results[scale_label((scale, scale))] = row
+    return results
+
+
+def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[int]) -> dict:
+    """{scale: {effort: {"psnr_y", "min_lr_psnr_y", "images"}}} on one dataset."""
+    images = [read_picture(path).rgb for path in find_images([folder])]
+    results: dict = {}
+    for scale in scales:
+        row: dict = {}
+        border = protocol_border(scale)
+        for effort in efforts:
+            level = EFFORTS[effort]
+            model.correct = level.corrector
+            scores, lr_scores = [], []
+            for hr in images:
+                lr_size = size_for_scale(hr.shape[:2], scale)
+                lr, up = model_roundtrip(model, hr, lr_size, refine=RefineConfig(steps=level.refine))
+                scores.append(psnr_y(up, hr, border))
+                lr_scores.append(psnr_y(lr, bicubic_roundtrip(hr, lr_size)[0]))
+            row[effort] = {"psnr_y": float(np.mean(scores)), "min_lr_psnr_y": float(min(lr_scores))}
+            row[effort]["images"] = len(images)
+            print(
+                f"{folder.name} {scale_label(scale)} effort {effort}: {row[effort]['psnr_y']:.2f} dB "
+                f"(LR >= {row[effort]['min_lr_psnr_y']:.2f})",
+                file=sys.stderr,
+                flush=True,
+            )
+        results[scale_label(scale)] = row
+    return results
+
+
+def markdown(results: dict) -> str:
+    lines = []
+    for name, by_scale in results.get("fidelity", {}).items():
+        efforts = sorted({int(e) for row in by_scale.values() for e in row})
+        lines += [f"**{name}** PSNR-Y (dB; smallest LR PSNR-Y of any image)", ""]
+        lines.append("| scale | " + " | ".join(f"effort {e}" for e in efforts) + " |")
+        lines.append("|---|" + "---|" * len(efforts))
+        for label, row in by_scale.items():
+            cells = [f"{row[str(e)]['psnr_y']:.2f} ({row[str(e)]['min_lr_psnr_y']:.1f})" for e in efforts]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    if "timing" in results:
+        efforts = sorted({int(e) for row in results["timing"].values() for e in row})
+        lines += ["1 MP downscale, median seconds (ratio to effort 0)", ""]
+        lines.append("| scale | " + " | ".join(f"effort {e}" for e in efforts) + " |")
+        lines.append("|---|" + "---|" * len(efforts))
+        for label, row in results["timing"].items():
+            cells = [f"{row[str(e)]['median_s']:.2f} ({row[str(e)]['ratio']:.2f}x)" for e in efforts]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", nargs="*", default=[], help="benchmark folders")
+    parser.add_argument("--scales", nargs="+", type=parse_scale, default=[(2.0, 2.0), (4.0, 4.0)])
+    parser.add_argument("--efforts", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--weights", help="a weight file (default: the bundled default)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--time-only", action="store_true")
+    parser.add_argument("--no-time", action="store_true")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
+    results: dict = {"device": str(model.device), "threads": torch.get_num_threads()}
+    if not args.no_time:
+        results["timing"] = timing(model, args.efforts, args.repeats)
+    if not args.time_only:
+        results["fidelity"] = {Path(f).name: fidelity(model, Path(f), args.scales, args.efforts) for f in args.data}
+    results = json.loads(json.dumps(results))  # keys as JSON has them
+    print(markdown(results), end="")
+    if args.json:
+        text = json.dumps(results, indent=2) + "\n"
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

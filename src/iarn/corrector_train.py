@@ -1,0 +1,215 @@
+"""Training the LR corrector (model/corrector.py) against a frozen upscaler.
+
+    iarn train-corrector --data DIR --out runs/corr --base default --steps 20000
+
+The base model's invertible network is frozen: only the corrector learns, so the upscaler's
+weights stay bit-identical and every LR the base ever wrote still upscales to the same pixels.
+Each step: HR crops at one scale, the network's LR through the corrector, held to the LR bound
+exactly as at inference (`refine.project_lr` onto `lr_psnr_min` dB PSNR-Y against the 8-bit
+bicubic LR, per crop), rounded to 8 bits (straight-through), upscaled; the loss is refinement's
+own (the HR error in Y plus a tenth of RGB, refine.py). The output weight file is the base's
+tensors unchanged plus the corrector's, with both configs in its metadata.
+
+Every step's crops and scale are a function of (seed, step), as in train.py, so `--resume`
+continues exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import CropSampler, sample_scale, step_rng
+from .fields import check_number
+from .files import atomic_write
+from .geometry import size_for_scale
+from .model import IARN, quantize_8bit
+from .model.corrector import Corrector, CorrectorConfig
+from .refine import LR_PSNR_MARGIN, error_per_image, luma, project_lr
+from .resample import resize
+from .weights import load_weights, resolve_weights, save_weights, weights_id
+
+CORRECTOR_TRAIN_BOUNDS = {
+    "steps": (1, 10**9),
+    "batch_size": (1, 4096),
+    "crop": (16, 4096),
+    "learning_rate": (1e-9, 1.0),
+    "lr_psnr_min": (0.0, 80.0),
+    "scale_min": (1.0, 16.0),
+    "scale_max": (1.0, 16.0),
+    "scale_power": (-1.0, 16.0),
+    "asymmetric_share": (0.0, 1.0),
+    "integer_share": (0.0, 1.0),
+    "seed": (0, 2**63 - 1),
+    "checkpoint_every": (1, 10**9),
+    "log_every": (1, 10**9),
+    "threads": (0, 4096),
+}
+RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads")  # where and how, not what
+WHOLE = ("steps", "batch_size", "crop", "seed", "checkpoint_every", "log_every", "threads")
+
+
+@dataclass(frozen=True)
+class CorrectorTrainConfig:
+    """A corrector run: the frozen `base` weights (a path or bundled name), the corrector's
+    architecture, and the recipe (Adam, cosine to a tenth, crops and scales as in train.py)."""
+
+    data: tuple[str, ...] = ()
+    out: str = "runs/corrector"
+    base: str = "default"
+    corrector: CorrectorConfig = field(default_factory=CorrectorConfig)
+    steps: int = 20000
+    batch_size: int = 8
+    crop: int = 96
+    learning_rate: float = 5e-4
+    lr_psnr_min: float = 44.0
+    scale_min: float = 1.0
+    scale_max: float = 4.0
+    scale_power: float = 1.0
+    asymmetric_share: float = 0.3
+    integer_share: float = 0.3
+    seed: int = 0
+    checkpoint_every: int = 250
+    log_every: int = 25
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in CORRECTOR_TRAIN_BOUNDS.items():
+            check_number(name, getattr(self, name), low, high, whole=name in WHOLE)
+        if self.crop % 8:
+            raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
+        if not self.scale_min <= self.scale_max:
+            raise ValueError(f"need scale_min <= scale_max, got {self.scale_min:g} and {self.scale_max:g}")
+        if not isinstance(self.corrector, CorrectorConfig):
+            raise ValueError(f"corrector must be a CorrectorConfig, got {type(self.corrector).__name__}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> CorrectorTrainConfig:
+        values = dict(values)
+        corrector = CorrectorConfig.from_dict(values.pop("corrector", {}) or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown corrector training fields {unknown}")
+        values["data"] = tuple(values.get("data", ()))
+        return cls(corrector=corrector, **values)
+
+
+def attach_corrector(network: IARN, config: CorrectorConfig, init: IARN | None = None) -> IARN:
+    """Freeze `network`'s invertible core and give it a fresh corrector (or `init`'s, which must
+    have the same corrector config)."""
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    network.corrector = Corrector(config).to(network.device)
+    if init is not None and init.corrector is not None:
+        if init.corrector.config != config:
+            raise ValueError(f"init-from's corrector is {init.corrector.config}, this run asks for {config}")
+        network.corrector.load_state_dict(init.corrector.state_dict())
+    return network
+
+
+def corrector_loss(network: IARN, hr: torch.Tensor, lr_size: tuple[int, int], lr_psnr_min: float) -> dict:
+    """The training objective on HR crops (B, 3, c, c) in [0, 1]: mean HR error per pixel of
+    `upscale(q(project(corrected LR)))` (refinement's Y loss), as the mean of its logarithm over
+    the crops, and the restored PSNR-Y."""
+    hr_size = (hr.shape[-2], hr.shape[-1])
+    lr, _ = network.down_region(hr, hr_size, lr_size, correct=True)
+    with torch.no_grad():
+        reference = quantize_8bit(resize(hr, lr_size))
+    floor = torch.full((hr.shape[0],), lr_psnr_min + LR_PSNR_MARGIN, device=hr.device)
+    lr_q = quantize_8bit(project_lr(lr, reference, floor) if lr_psnr_min > 0 else lr.clamp(0, 1))
+    restored = network.up_region(lr_q, hr_size, lr_size)
+    error = error_per_image(restored, hr, "y") / (hr_size[0] * hr_size[1])
+    with torch.no_grad():
+        mse_y = luma(restored.clamp(0, 1) - hr).pow(2).mean(dim=(1, 2, 3))
+        psnr_y = (10 * torch.log10(1 / mse_y.clamp_min(1e-12))).mean()
+    # the log: every crop's gain in dB counts alike, whatever its scale and content
+    return {"loss": torch.log(error.clamp_min(1e-12)).mean(), "psnr_y": psnr_y}
+
+
+def learning_rate(cfg: CorrectorTrainConfig, step: int) -> float:
+    """Cosine from `learning_rate` to a tenth of it over `steps`."""
+    progress = min(1.0, step / cfg.steps)
+    return cfg.learning_rate * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train_corrector(
+    cfg: CorrectorTrainConfig,
+    resume: bool = False,
+    init_from: str | None = None,
+    max_minutes: float | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Path | None:
+    """Run (or continue) a corrector run; returns the weight file written, or None when the run
+    ended before its first step (nothing is written then)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out / "corrector-checkpoint.pt"
+    base_path = resolve_weights(cfg.base)
+    network = load_weights(base_path)
+    init = load_weights(resolve_weights(init_from)) if init_from else None
+    attach_corrector(network, cfg.corrector, init)
+    network.train()
+    optimizer = torch.optim.Adam(network.corrector.parameters(), lr=cfg.learning_rate)
+    step = 0
+    if resume and checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        network.corrector.load_state_dict(state["corrector"])
+        optimizer.load_state_dict(state["optimizer"])
+        step = int(state["step"])
+    sampler = CropSampler(list(cfg.data), cfg.crop)
+    log = (out / "corrector-log.jsonl").open("a")
+    started, first_step = clock(), step
+
+    def save_checkpoint() -> None:
+        state = {"corrector": network.corrector.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
+
+    while step < cfg.steps:
+        if max_minutes is not None and clock() - started >= 60 * max_minutes:
+            break
+        rng = step_rng(cfg.seed, 0, step)
+        scale = sample_scale(
+            rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share, cfg.integer_share
+        )
+        hr = sampler.batch(cfg.batch_size, rng).float().div_(255)
+        lr_size = tuple(min(cfg.crop - 1, n) for n in size_for_scale((cfg.crop, cfg.crop), scale))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, step)
+        values = corrector_loss(network, hr, lr_size, cfg.lr_psnr_min)
+        optimizer.zero_grad(set_to_none=True)
+        values["loss"].backward()
+        optimizer.step()
+        step += 1
+        if step % cfg.log_every == 0:
+            record = {"step": step, "scale": scale, "time": round(clock() - started, 1)}
+            record.update({k: float(v.detach()) for k, v in values.items()})
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+        if step % cfg.checkpoint_every == 0:
+            save_checkpoint()
+    log.close()
+    if step == first_step and step == 0:
+        return None
+    save_checkpoint()
+    path = out / "model.safetensors"
+    network.eval()
+    recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}  # no paths of this machine
+    training = {"corrector": recipe, "corrector_steps": step, "base": weights_id(base_path)}
+    save_weights(network, path, training=training, same_upscaler_as=base_path)
+    return path
+
+
+__all__ = ["CorrectorTrainConfig", "attach_corrector", "corrector_loss", "train_corrector"]

@@ -1,0 +1,108 @@
+"""The LR corrector: a small CNN that turns the network's LR into one its upscaler restores better.
+
+The invertible network's forward pass is not the best encoder for its own inverse: encode-time
+refinement (refine.py) shows how much a better LR gains, at an optimisation's cost. The corrector
+learns that encoder in one pass, with the upscaler frozen (so every LR ever written still
+upscales to the same pixels): trained on the HR error of `upscale(q(LR))` (corrector_train.py).
+
+It works on the last x2 step's grid, at the LR's size: the LR (3 channels), that step's dropped
+detail z (9), the detail of the earlier steps pixel-unshuffled to the LR's size (36 for the
+second step of `middle`), and the step's scale encoding (4). Together these hold all of the
+middle image, so nothing of the HR is hidden from it, whatever the scale. Each step count k has
+its own first convolution (the channel counts differ); the rest is shared. Its last convolution
+starts at zero: a fresh corrector changes nothing.
+
+Shapes: lr (B, 3, h, w); features (B, feature_channels(k), h, w); output (B, 3, h, w),
+unquantised (the runner rounds it and holds the LR bound, rescaler.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..fields import check_number
+
+CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4)}
+GRID_CHANNELS = 12  # one x2 step: 3 LR channels and 9 of detail
+COND_CHANNELS = 4
+
+
+@dataclass(frozen=True)
+class CorrectorConfig:
+    """width: channels of the hidden convolutions; depth: 3x3 convolutions in all (first, hidden,
+    last); steps: the largest x2 step count it serves (the model's `levels`)."""
+
+    width: int = 32
+    depth: int = 4
+    steps: int = 2
+
+    def __post_init__(self) -> None:
+        for name, (low, high) in CORRECTOR_BOUNDS.items():
+            check_number(f"corrector {name}", getattr(self, name), low, high, whole=True)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CorrectorConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown corrector config fields {unknown}; this iarn knows {sorted(known)}")
+        return cls(**values)
+
+
+def feature_channels(steps: int) -> int:
+    """Input channels for `steps` x2 steps: the last grid, the earlier details, the encoding."""
+    earlier = sum(9 * 4 ** (steps - j) for j in range(1, steps))
+    return GRID_CHANNELS + earlier + COND_CHANNELS
+
+
+def corrector_features(lr: torch.Tensor, details: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+    """(B, feature_channels(k), h, w) from the LR (B, 3, h, w), each step's dropped detail (first
+    step first; step j's is (B, 9, h 2^(k-j), w 2^(k-j))) and the last step's encoding (1, 4, h, w)."""
+    steps = len(details)
+    parts = [lr, details[-1]]
+    for j, detail in enumerate(details[:-1], start=1):
+        parts.append(nn.functional.pixel_unshuffle(detail, 2 ** (steps - j)))
+    parts.append(cond.to(lr.dtype).expand(lr.shape[0], -1, -1, -1))
+    return torch.cat(parts, dim=1)
+
+
+class Corrector(nn.Module):
+    """(lr, features, steps) -> corrected LR, unquantised."""
+
+    def __init__(self, config: CorrectorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CorrectorConfig()
+        width = self.config.width
+        self.first = nn.ModuleList(
+            nn.Conv2d(feature_channels(k), width, 3, padding=1) for k in range(1, self.config.steps + 1)
+        )
+        self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(self.config.depth - 2))
+        self.last = nn.Conv2d(width, 3, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2)
+        if not self.last.weight.is_meta:
+            nn.init.zeros_(self.last.weight)
+            nn.init.zeros_(self.last.bias)
+
+    def forward(self, lr: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
+        weight_dtype = self.last.weight.dtype
+        h = self.act(self.first[steps - 1](features.to(weight_dtype)))
+        for conv in self.hidden:
+            h = self.act(conv(h))
+        return lr + self.last(h).to(lr.dtype)
+
+    @property
+    def receptive_radius(self) -> int:
+        """LR pixels on each side that one output pixel reads."""
+        return self.config.depth
+
+
+__all__ = ["Corrector", "CorrectorConfig", "corrector_features", "feature_channels"]

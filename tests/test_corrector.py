@@ -1,0 +1,198 @@
+"""The LR corrector: identity when fresh, the upscaler untouched, every scale, tiles, weight files,
+its training, the LR bound on any content, and the effort levels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from iarn import IARN, ModelConfig, Rescaler, load_weights, save_weights
+from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
+from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan
+from iarn.model.corrector import Corrector, CorrectorConfig, feature_channels
+from iarn.refine import hold_lr_bound, lr_psnr_y, reference_lr
+from iarn.weights import same_upscaler, weights_id
+
+from .conftest import randomize
+
+MIDDLE = {"mode": "middle", "levels": 2, "blocks_per_level": 2, "growth": 8, "step_stages": "per-count"}
+SCALES = [2.0, 3.3, (1.5, 4.0), (4.0, 1.7), 1.3]
+
+
+def corrected_network(seed: int = 0, **overrides) -> IARN:
+    """A small middle network with random weights and a corrector with random (non-zero) weights."""
+    torch.manual_seed(seed)
+    network = randomize(IARN(ModelConfig(**{**MIDDLE, **overrides}), CorrectorConfig(width=8, depth=3)), seed=seed)
+    with torch.no_grad():
+        for p in network.corrector.parameters():
+            p.mul_(0.2)
+    return network
+
+
+def test_feature_channels_cover_the_middle_image():
+    # one step: its 12-channel grid; two: that and the first step's detail, unshuffled (9 * 4)
+    assert feature_channels(1) == 12 + 4
+    assert feature_channels(2) == 12 + 36 + 4
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=str)
+def test_fresh_corrector_changes_nothing(scale):
+    plain = randomize(IARN(ModelConfig(**MIDDLE)))
+    with_corrector = IARN(ModelConfig(**MIDDLE), CorrectorConfig(width=8, depth=3))
+    with_corrector.load_state_dict({**with_corrector.state_dict(), **plain.state_dict()})
+    x = torch.rand(1, 3, 37, 45)
+    a = Rescaler(plain, device="cpu").downscale(x, scale=scale)
+    b = Rescaler(with_corrector, device="cpu").downscale(x, scale=scale)
+    assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=str)
+def test_corrector_changes_the_lr_not_the_upscaler(scale):
+    network = corrected_network()
+    model = Rescaler(network, device="cpu")
+    x = torch.rand(1, 3, 41, 53)
+    corrected = model.downscale(x, scale=scale)
+    model.correct = False
+    forward = model.downscale(x, scale=scale)
+    assert corrected.shape == forward.shape
+    if 1 < x.shape[-2] / corrected.shape[-2] and 1 < x.shape[-1] / corrected.shape[-1]:
+        assert not torch.equal(corrected, forward)  # the corrector acts on every scale the model serves
+    up = model.upscale(corrected, size=x.shape[-2:])
+    plain = IARN(network.config)
+    plain.load_state_dict({k: v for k, v in network.state_dict().items() if not k.startswith("corrector.")})
+    assert torch.equal(up, Rescaler(plain, device="cpu").upscale(corrected, size=x.shape[-2:]))
+
+
+@pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=str)
+def test_corrected_tiles_equal_whole(scale):
+    model = Rescaler(corrected_network(), device="cpu")
+    x = torch.rand(1, 3, 150, 170)
+    whole = model.downscale(x, scale=scale)
+    tiled = model.downscale(x, scale=scale, tile=48)
+    assert (whole - tiled).abs().max() <= 1 / 255 + 1e-6
+    assert (whole != tiled).float().mean() < 0.01
+
+
+def test_weight_file_round_trip_keeps_the_corrector(tmp_path):
+    network = corrected_network()
+    path = tmp_path / "c.safetensors"
+    save_weights(network, path)
+    loaded = load_weights(path)
+    assert loaded.corrector is not None and loaded.corrector.config == network.corrector.config
+    for (name, a), (_, b) in zip(network.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_lrs_of_the_base_upscale_with_the_corrected_file(tmp_path):
+    base = randomize(IARN(ModelConfig(**MIDDLE)))
+    base_path, corrected_path = tmp_path / "base.safetensors", tmp_path / "corrected.safetensors"
+    save_weights(base, base_path)
+    network = attach_corrector(load_weights(base_path), CorrectorConfig(width=8, depth=3))
+    save_weights(network, corrected_path, same_upscaler_as=base_path)
+    assert same_upscaler(weights_id(base_path), weights_id(corrected_path), corrected_path)
+    assert not same_upscaler(weights_id(corrected_path), weights_id(base_path), base_path)
+    stages = {k: v for k, v in load_weights(corrected_path).state_dict().items() if not k.startswith("corrector.")}
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(stages[name], tensor), name  # the upscaler bit-identical
+
+
+def test_corrector_config_is_checked():
+    with pytest.raises(ValueError, match="corrector width"):
+        CorrectorConfig(width=0)
+    with pytest.raises(ValueError, match="unknown corrector config fields"):
+        CorrectorConfig.from_dict({"widht": 8})
+    with torch.device("meta"):
+        assert Corrector(CorrectorConfig()).last.weight.is_meta
+
+
+def content(kind: str, size=(96, 120)) -> torch.Tensor:
+    """Content unlike any training photo: text-like strokes, line art, a checkerboard, noise."""
+    rng = np.random.default_rng(1)
+    h, w = size
+    y, x = np.mgrid[0:h, 0:w]
+    if kind == "checkerboard":
+        plane = ((y // 3 + x // 3) % 2).astype(np.float64)
+        image = np.stack([plane, 1 - plane, plane], axis=2)
+    elif kind == "noise":
+        image = rng.random((h, w, 3))
+    elif kind == "lines":
+        plane = ((x + 2 * y) % 7 == 0) | (x % 11 == 0)
+        image = np.stack([plane] * 3, axis=2).astype(np.float64)
+    else:  # "text": dark strokes of random short bars on white
+        image = np.ones((h, w, 3))
+        for _ in range(120):
+            r, c = rng.integers(0, h - 8), rng.integers(0, w - 8)
+            if rng.random() < 0.5:
+                image[r : r + 7, c : c + 1] = 0
+            else:
+                image[r : r + 1, c : c + 5] = 0
+    return torch.from_numpy(image).permute(2, 0, 1)[None].float().contiguous()
+
+
+@pytest.mark.parametrize("kind", ["text", "lines", "checkerboard", "noise"])
+@pytest.mark.parametrize("effort", sorted(EFFORTS)[:3])
+def test_every_lr_keeps_the_bound_on_any_content(kind, effort):
+    model = Rescaler(corrected_network(), device="cpu")
+    chosen = EFFORTS[effort]
+    model.correct = chosen.corrector
+    x = content(kind)
+    for scale in (2.0, 3.0, (1.5, 4.0)):
+        lr = model.downscale(x, scale=scale, refine=chosen.refine)
+        reference = reference_lr(x, lr.shape[-2:], lr.dtype)
+        assert float(lr_psnr_y(lr, reference).min()) >= 44.0, (kind, scale)
+        assert torch.equal(lr, torch.round(lr * 255) / 255)
+
+
+def test_hold_lr_bound_moves_only_what_it_must():
+    x = torch.rand(2, 3, 40, 40)
+    reference = reference_lr(x, (20, 20), torch.float32)
+    near = reference + 0.001 * torch.randn_like(reference)
+    far = reference + 0.05 * torch.randn_like(reference)
+    held = hold_lr_bound(torch.cat([near[:1], far[1:]]), x, 44.0)
+    assert torch.equal(held[0], torch.round(near[0].clamp(0, 1) * 255) / 255)  # already inside: rounded only
+    assert float(lr_psnr_y(held[1:], reference[1:])) >= 44.0
+    assert torch.equal(hold_lr_bound(far, x, 0.0), torch.round(far.clamp(0, 1) * 255) / 255)  # 0: no bound
+
+
+def test_effort_plan():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert plan(None, None, cpu) == EFFORTS[CPU_EFFORT] and plan(None, None, cuda) == EFFORTS[GPU_EFFORT]
+    assert plan(0, None, cpu).corrector is False and plan(0, 7, cpu).refine == 7
+    assert plan(None, 3, cpu) == type(EFFORTS[1])(corrector=True, refine=3)
+    assert [EFFORTS[e].refine for e in sorted(EFFORTS)] == sorted(EFFORTS[e].refine for e in EFFORTS)
+
+
+def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_folder):
+    base = randomize(IARN(ModelConfig(**MIDDLE)))
+    base_path = tmp_path / "base.safetensors"
+    save_weights(base, base_path)
+    cfg = CorrectorTrainConfig(
+        data=(str(image_folder),),
+        out=str(tmp_path / "run"),
+        base=str(base_path),
+        corrector=CorrectorConfig(width=8, depth=3),
+        steps=4,
+        batch_size=2,
+        crop=32,
+        checkpoint_every=2,
+        log_every=1,
+        learning_rate=1e-2,
+    )
+    path = train_corrector(cfg)
+    records = [json.loads(line) for line in (tmp_path / "run" / "corrector-log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(np.isfinite(r["loss"]) for r in records)
+    trained = load_weights(path)
+    assert any(float(p.detach().abs().max()) > 0 for p in trained.corrector.last.parameters())  # moved off zero
+    for name, tensor in base.state_dict().items():
+        assert torch.equal(trained.state_dict()[name], tensor), name
+    metadata_training = json.loads(__import__("iarn.weights").weights.read_metadata(path)["training"])
+    assert "data" not in metadata_training["corrector"] and "out" not in metadata_training["corrector"]
+    # continuing to the same step count changes nothing; a run out of time before a step writes nothing
+    assert train_corrector(cfg, resume=True) == path
+    empty = CorrectorTrainConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "none")})
+    assert train_corrector(empty, max_minutes=1e-9, clock=iter([0.0, 1.0, 2.0, 3.0]).__next__) is None
+    assert not (tmp_path / "none" / "model.safetensors").exists()
