@@ -270,7 +270,8 @@ def test_every_public_name_resolves():
 
 
 def test_batch_pipeline_reports_each_failure_once_and_writes_the_rest(capsys):
-    from iarn.cli import CliError, _run_batch
+    from iarn.cli import CliError
+    from iarn.cli import run_batch as _run_batch
 
     jobs = [(Path(f"in{k}"), Path(f"out{k}")) for k in range(6)]
     written = []

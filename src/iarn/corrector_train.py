@@ -159,6 +159,10 @@ def train_corrector(
     checkpoint_path = out / "corrector-checkpoint.pt"
     base_path = resolve_weights(cfg.base)
     network = load_weights(base_path)
+    if network.config.mode not in ("middle", "naive"):
+        raise ValueError(f"a corrector needs a model in middle or naive mode, {base_path} is {network.config.mode}")
+    if cfg.corrector.steps < network.config.levels:
+        cfg = dataclasses.replace(cfg, corrector=dataclasses.replace(cfg.corrector, steps=network.config.levels))
     init = load_weights(resolve_weights(init_from)) if init_from else None
     attach_corrector(network, cfg.corrector, init)
     network.train()

@@ -9,8 +9,10 @@ three such passes more.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # not at run time: the CLI's --help reads this module and must not import torch
+    import torch
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,66 @@
+"""`iarn downscale`: HR images -> LR PNGs that carry the lost detail."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..files import PNG_LEVEL
+from .args import effort_flags, force_flag, load_model, model_flags, png_level_flag, refine_config, target_flags
+from .batch import check_target, plan_jobs, run_batch, step_progress
+
+
+def add_parser(commands) -> None:
+    down = commands.add_parser("downscale", help="HR images -> LR PNGs that carry the lost detail")
+    down.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
+    down.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several")
+    target_flags(down)
+    force_flag(down)
+    effort_flags(down, None)
+    png_level_flag(down, PNG_LEVEL)
+    model_flags(down)
+
+
+def run(args) -> int:
+    from ..api import downscale_picture
+    from ..geometry import target_size
+    from ..imageio import read_picture, write_picture
+
+    jobs = plan_jobs(args.inputs, args.output, ".png")
+    model = load_model(args)
+    if args.scale is not None:
+        from ..geometry import check_scale
+
+        check_scale(args.scale, model.config.max_scale)
+
+    refine = refine_config(args, model)
+    progress = step_progress(refine.steps, single=len(jobs) == 1)
+
+    def read(source: Path, target: Path):
+        check_target(source, target, args.force)
+        picture = read_picture(source, allow_huge=args.allow_huge)
+        if len(jobs) == 1 and sys.stderr.isatty():  # a batch has its bar; one large image says it started
+            height, width = picture.size
+            print(f"downscaling {source} ({width}x{height}) ...", file=sys.stderr, flush=True)
+        return picture
+
+    def compute(picture):
+        lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
+        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile, refine=refine, progress=progress)
+        return lr, picture.size
+
+    def write(result, target: Path) -> None:
+        lr, hr_size = result
+        if target.suffix.lower() != ".png":
+            print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
+        write_picture(
+            lr,
+            target,
+            hr_size=hr_size,
+            png_level=args.png_level,
+            model_id=model.model_id,
+            overwrite=args.force,
+            refine=refine.steps,
+        )
+
+    return 1 if run_batch(jobs, read, compute, write) else 0
