@@ -13,6 +13,9 @@ Two parts, in one process on one machine:
   the smallest LR PSNR-Y against the bicubic LR of any image (the 44 dB promise holds per
   image), with fp32 on the device given.
 
+A level "E+N" is effort E's corrector switch with N refinement steps: "0+10" is refinement from
+the network's own LR, against "1+10" (= effort 4) from the corrector's.
+
 Ratios, not seconds, carry over between machines; GPU seconds come from `--device cuda`.
 """
 
@@ -30,9 +33,9 @@ import torch
 from PIL import Image
 
 from iarn import Rescaler
-from iarn.cli import parse_scale, sample_image_path
+from iarn.cli import parse_scale, parse_size, sample_image_path
 from iarn.convert import to_tensor
-from iarn.effort import EFFORTS
+from iarn.effort import EFFORTS, Effort
 from iarn.evaluate import bicubic_roundtrip, model_roundtrip, scale_label
 from iarn.files import atomic_write, find_images
 from iarn.geometry import size_for_scale
@@ -44,33 +47,41 @@ from iarn.weights import load_weights, resolve_weights
 ONE_MEGAPIXEL = (816, 1224)
 
 
-def timing(model: Rescaler, efforts: list[int], repeats: int) -> dict:
-    """{scale: {effort: {"median_s", "ratio"}}} for a 1 MP image at x2 and x3."""
-    sample = Image.open(sample_image_path()).convert("RGB").resize(ONE_MEGAPIXEL[::-1], Image.Resampling.BICUBIC)
+def level(name: str) -> Effort:
+    """An effort level "E", or "E+N": level E's corrector switch with N refinement steps (what
+    `--effort E --refine N` runs; "0+10" is refinement from the network's own LR)."""
+    effort, _, steps = name.partition("+")
+    chosen = EFFORTS[int(effort)]
+    return Effort(chosen.corrector, int(steps)) if steps else chosen
+
+
+def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, int] = ONE_MEGAPIXEL) -> dict:
+    """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at x2 and x3."""
+    sample = Image.open(sample_image_path()).convert("RGB").resize(size[::-1], Image.Resampling.BICUBIC)
     hr = to_tensor(np.asarray(sample))
     results: dict = {}
     for scale in (2.0, 3.0):
-        lr_size = size_for_scale(ONE_MEGAPIXEL, scale)
+        lr_size = size_for_scale(size, scale)
         row: dict = {}
         for effort in efforts:
-            level = EFFORTS[effort]
-            model.correct = level.corrector
+            chosen = level(effort)
+            model.correct = chosen.corrector
             times = []
             for attempt in range(repeats + 1):
                 start = time.perf_counter()
-                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=level.refine))
+                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=chosen.refine))
                 if attempt:  # the first is a warm-up
                     times.append(time.perf_counter() - start)
             row[effort] = {"median_s": statistics.median(times)}
             print(f"x{scale:g} effort {effort}: {row[effort]['median_s']:.2f} s", file=sys.stderr, flush=True)
-        base = row[min(row)]["median_s"]
+        base = row[efforts[0]]["median_s"]
         for effort in row:
             row[effort]["ratio"] = row[effort]["median_s"] / base
         results[scale_label((scale, scale))] = row
     return results
 
 
-def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[int]) -> dict:
+def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[str]) -> dict:
     """{scale: {effort: {"psnr_y", "min_lr_psnr_y", "images"}}} on one dataset."""
     images = [read_picture(path).rgb for path in find_images([folder])]
     results: dict = {}
@@ -78,12 +89,12 @@ def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[int]) ->
         row: dict = {}
         border = protocol_border(scale)
         for effort in efforts:
-            level = EFFORTS[effort]
-            model.correct = level.corrector
+            chosen = level(effort)
+            model.correct = chosen.corrector
             scores, lr_scores = [], []
             for hr in images:
                 lr_size = size_for_scale(hr.shape[:2], scale)
-                lr, up = model_roundtrip(model, hr, lr_size, refine=RefineConfig(steps=level.refine))
+                lr, up = model_roundtrip(model, hr, lr_size, refine=RefineConfig(steps=chosen.refine))
                 scores.append(psnr_y(up, hr, border))
                 lr_scores.append(psnr_y(lr, bicubic_roundtrip(hr, lr_size)[0]))
             row[effort] = {"psnr_y": float(np.mean(scores)), "min_lr_psnr_y": float(min(lr_scores))}
@@ -101,21 +112,21 @@ def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[int]) ->
 def markdown(results: dict) -> str:
     lines = []
     for name, by_scale in results.get("fidelity", {}).items():
-        efforts = sorted({int(e) for row in by_scale.values() for e in row})
+        efforts = list(next(iter(by_scale.values())))
         lines += [f"**{name}** PSNR-Y (dB; smallest LR PSNR-Y of any image)", ""]
         lines.append("| scale | " + " | ".join(f"effort {e}" for e in efforts) + " |")
         lines.append("|---|" + "---|" * len(efforts))
         for label, row in by_scale.items():
-            cells = [f"{row[str(e)]['psnr_y']:.2f} ({row[str(e)]['min_lr_psnr_y']:.1f})" for e in efforts]
+            cells = [f"{row[e]['psnr_y']:.2f} ({row[e]['min_lr_psnr_y']:.1f})" for e in efforts]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
     if "timing" in results:
-        efforts = sorted({int(e) for row in results["timing"].values() for e in row})
-        lines += ["1 MP downscale, median seconds (ratio to effort 0)", ""]
+        efforts = list(next(iter(results["timing"].values())))
+        lines += [f"downscale of {results['timing_size']}, median seconds (ratio to effort {efforts[0]})", ""]
         lines.append("| scale | " + " | ".join(f"effort {e}" for e in efforts) + " |")
         lines.append("|---|" + "---|" * len(efforts))
         for label, row in results["timing"].items():
-            cells = [f"{row[str(e)]['median_s']:.2f} ({row[str(e)]['ratio']:.2f}x)" for e in efforts]
+            cells = [f"{row[e]['median_s']:.2f} ({row[e]['ratio']:.2f}x)" for e in efforts]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -124,11 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="*", default=[], help="benchmark folders")
     parser.add_argument("--scales", nargs="+", type=parse_scale, default=[(2.0, 2.0), (4.0, 4.0)])
-    parser.add_argument("--efforts", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--efforts", nargs="+", default=["0", "1", "2"], help='levels "E" or "E+N" (N steps)')
     parser.add_argument("--weights", help="a weight file (default: the bundled default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-only", action="store_true")
+    parser.add_argument("--timing-size", type=parse_size, default=ONE_MEGAPIXEL, metavar="WxH")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path)
@@ -136,9 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
-    results: dict = {"device": str(model.device), "threads": torch.get_num_threads()}
+    height, width = args.timing_size
+    results: dict = {
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "timing_size": f"{width}x{height}",
+    }
     if not args.no_time:
-        results["timing"] = timing(model, args.efforts, args.repeats)
+        results["timing"] = timing(model, args.efforts, args.repeats, args.timing_size)
     if not args.time_only:
         results["fidelity"] = {Path(f).name: fidelity(model, Path(f), args.scales, args.efforts) for f in args.data}
     results = json.loads(json.dumps(results))  # keys as JSON has them

@@ -23,7 +23,7 @@ time limit, so one failure loses nothing else:
 - `refine`: `iarn evaluate --refine N` of the bundled model on Set5 and Set14 at the ten
   protocol scales, N = 0, 10 and 30, then (if `--prepare --large-sets` carried them, at the cost
   of 41 MB of training images) on B100 and Kodak with N = 0 and 10 (the refinement
-  tables of docs/results.md, and their seconds per N on the GPU; its tables are in session.md);
+  tables of docs/history.md, and their seconds per N on the GPU; its tables are in session.md);
 - `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
   eager again if compiling fails (train_log.jsonl, model.safetensors);
@@ -58,7 +58,7 @@ DEVICE = ROOT / "device"
 SHARED = ROOT.parent / "shared"
 BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
 # the recipe of the training phase: that of the CPU legs E and F which the bundled default's
-# stages come from (docs/results.md): half the old learning rate on converged weights, and the
+# stages come from (docs/history.md): half the old learning rate on converged weights, and the
 # LR held near 42 dB on training crops (the benchmarks' LR stays above 46 dB, the bar is 44)
 TRAIN_RECIPE = ["--lr", "5e-5", "--scale-power", "1", "--integer-share", "0.3"]
 TRAIN_RECIPE += ["--lr-psnr-target", "42", "--lr-shortfall-power", "2"]

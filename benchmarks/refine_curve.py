@@ -9,7 +9,7 @@ Each N is one `iarn.evaluate.evaluate` run of the bundled (or `--weights`) model
 over N = 0, per HR megapixel, are refinement's cost (meaningful only on an otherwise idle
 machine). `--from-json` re-plots and re-prints saved results; `--json` of a run with more N or
 scales merges into the file it names. `--step-size` and `--momentum` set the refinement's step
-(the tuning in docs/results.md, "Refinement"): give each setting a `--json` file of its own.
+(the tuning in docs/history.md, "Refinement"): give each setting a `--json` file of its own.
 """
 
 from __future__ import annotations

@@ -332,6 +332,119 @@ CASES = [
     # usage
     Case("usage hint names the command", {}, ["downscale"], "(see iarn downscale --help)", code=2),
 ]
+
+
+def _short_png() -> bytes:
+    """A PNG whose image data is a complete zlib stream of half its rows (Pillow fills the rest)."""
+    import struct
+    import zlib
+
+    data = _png()
+    at = data.index(b"IDAT") - 4
+    length = struct.unpack(">I", data[at : at + 4])[0]
+    short = zlib.compress(zlib.decompress(data[at + 8 : at + 8 + length])[: 20 * (1 + 56 * 3)])
+    chunk = struct.pack(">I", len(short)) + b"IDAT" + short + struct.pack(">I", zlib.crc32(b"IDAT" + short))
+    return data[:at] + chunk + data[at + 12 + length :]
+
+
+def _lossy_webp() -> bytes:
+    buffer = io.BytesIO()
+    Image.open(io.BytesIO(LR)).save(buffer, format="WEBP", quality=80)
+    return buffer.getvalue()
+
+
+def _cycle_weights() -> bytes:
+    from .conftest import small_network
+
+    model = small_network()
+    buffer_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"iarn-cycle-{os.getpid()}.safetensors"
+    iarn.save_weights(model, buffer_path)
+    content = buffer_path.read_bytes()
+    buffer_path.unlink()
+    return content
+
+
+# The surfaces of round 4 (issue 41) and of effort and the corrector (issue 38)
+TRAIN_DATA = {"d/a.png": _png((40, 40)), "d/b.png": _png((40, 40), seed=2)}
+CASES += [
+    Case("effort above 6", {"a.png": PNG}, ["downscale", "a.png", "-o", "b.png", "-s", "2", "-e", "7"], "0 to 6", 2),
+    Case("effort not a number", {"a.png": PNG}, ["roundtrip", "a.png", "-s", "2", "--effort", "max"], "effort", 2),
+    Case(
+        "negative refine", {"a.png": PNG}, ["compare", "a.png", "-o", "f.png", "-s", "2", "--refine", "-1"], "0 to", 2
+    ),
+    Case(
+        "unknown device",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "b.png", "-s", "2", "--device", "gpu"],
+        "cuda:N",
+        2,
+    ),
+    Case(
+        "device cuda:x", {"a.png": PNG}, ["upscale", "a.png", "-o", "b.png", "--device", "cuda:x"], "unknown device", 2
+    ),
+    Case(
+        "evaluate json onto an input",
+        {"s/a.png": PNG},
+        ["evaluate", "--data", "s", "--scales", "2", "--json", "s/a.png", "--force"],
+        "never overwrites an input",
+    ),
+    Case(
+        "evaluate plot onto an input",
+        {"s/a.png": PNG},
+        ["evaluate", "--data", "s", "--scales", "2", "--plot", "s/a.png"],
+        "never overwrites an input",
+    ),
+    Case(
+        "evaluate markdown over a file",
+        {"s/a.png": PNG, "t.md": b"mine"},
+        ["evaluate", "--data", "s", "--scales", "2", "--markdown", "t.md"],
+        "--force",
+    ),
+    Case(
+        "evaluate json and markdown one file",
+        {"s/a.png": PNG},
+        ["evaluate", "--data", "s", "--scales", "2", "--markdown", "t", "--json", "t", "--force"],
+        "same file",
+    ),
+    Case(
+        "image data ends early", {"a.png": _short_png()}, ["downscale", "a.png", "-o", "b.png", "-s", "2"], "truncated"
+    ),
+    Case("roundtrip of a short png", {"a.png": _short_png()}, ["roundtrip", "a.png", "-s", "2"], "truncated"),
+    Case(
+        "lossy webp without a size", {"a.webp": _lossy_webp()}, ["upscale", "a.webp", "-o", "b.png"], "no original size"
+    ),
+    Case("jpeg without a size", {"a.jpg": JPG}, ["upscale", "a.jpg", "-o", "b.png"], "no original size"),
+    Case(
+        "downscale onto itself, forced",
+        {"a.png": PNG},
+        ["downscale", "a.png", "-o", "a.png", "-s", "2", "--force"],
+        "input",
+    ),
+    Case("corrector without data", {}, ["train-corrector", "--out", "r"], "no training data"),
+    Case("corrector width 0", TRAIN_DATA, ["train-corrector", "--data", "d", "--width", "0"], "corrector width"),
+    Case("corrector bound", TRAIN_DATA, ["train-corrector", "--data", "d", "--lr-bound", "clip"], "lr_bound"),
+    Case("corrector crop", TRAIN_DATA, ["train-corrector", "--data", "d", "--crop", "30"], "multiple of 8"),
+    Case(
+        "corrector for a cycle model",
+        {**TRAIN_DATA, "w.safetensors": _cycle_weights()},
+        ["train-corrector", "--data", "d", "--out", "r", "--base", "w.safetensors", "--crop", "32"],
+        "middle or naive",
+    ),
+    Case(
+        "corrector out of time",
+        TRAIN_DATA,
+        ["train-corrector", "--data", "d", "--out", "r", "--crop", "32", "--max-minutes", "1e-9"],
+        "before its first step",
+        may_create=["r/corrector-log.jsonl"],
+    ),
+    Case(
+        "train out of time",
+        TRAIN_DATA,
+        ["train", "--data", "d", "--out", "r", "--max-minutes", "1e-9"],
+        "before its first step",
+        may_create=["r/log.jsonl", "r/config.json"],
+    ),
+]
 WITH_WEIGHTS = ("downscale", "upscale", "roundtrip", "compare", "evaluate")
 
 

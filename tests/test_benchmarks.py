@@ -171,3 +171,12 @@ def test_refine_curve_measures_merges_and_plots(tmp_path, weights_file, photo):
     again = run_script(script, "--from-json", str(saved), *plot)
     assert again.count("| Tiny |") == 4
     assert not plot or png.stat().st_size > 0
+
+
+def test_effort_table_runs(tmp_path, photo):
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    script = str(BENCHMARKS / "effort.py")
+    args = ["--data", str(tmp_path), "--scales", "2", "1.5,4", "--efforts", "0", "1", "0+2", "--repeats", "1"]
+    out = run_script(script, *args, "--timing-size", "96x64", "--json", str(tmp_path / "e.json"))
+    assert "| x2 |" in out and "| (1.5, 4) |" in out and "(1.00x)" in out
+    assert (tmp_path / "e.json").exists()

@@ -36,3 +36,24 @@ def test_bundled_model_output_is_pinned(name):
     restored = model.upscale(torch.from_numpy(stored_lr.copy()).permute(2, 0, 1)[None].float() / 255, hr.shape[:2])
     up8 = (restored[0].permute(1, 2, 0) * 255).round().byte().numpy()
     assert psnr_y(up8, hr) == pytest.approx(expected["restored_psnr_y"], abs=0.01)
+
+
+LEGACY = GOLDEN / "legacy"  # LR files of the previous release's default and what it restored from them
+
+
+@pytest.mark.parametrize("name", json.loads((LEGACY / "legacy.json").read_text())["images"])
+def test_lrs_of_the_previous_release_upscale_to_the_same_pixels(name, tmp_path, capsys):
+    """Shipping an LR corrector (or new metadata) leaves the upscaler bit-identical: an LR file
+    written by the previous release upscales with the bundled default to what it gave then, and
+    `iarn upscale` takes it as the default's own (no warning of a foreign model)."""
+    from iarn.cli import main
+
+    legacy = json.loads((LEGACY / "legacy.json").read_text())
+    code = main(["upscale", str(LEGACY / f"lr_{name}.png"), "-o", str(tmp_path / "up.png")])
+    err = capsys.readouterr().err
+    assert code == 0 and "warning" not in err, err
+    restored = np.asarray(Image.open(tmp_path / "up.png").convert("RGB")).astype(int)
+    then = np.asarray(Image.open(LEGACY / f"restored_{name}.png").convert("RGB")).astype(int)
+    assert restored.shape[:2] == tuple(legacy["hr_size"])
+    difference = np.abs(restored - then)
+    assert difference.max() <= 1 and np.mean(difference > 0) < 0.002

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler, sample_scale, step_rng
-from .fields import check_number
+from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
 from .files import atomic_write
 from .geometry import size_for_scale
 from .model import IARN, quantize_8bit
@@ -42,16 +42,11 @@ CORRECTOR_TRAIN_BOUNDS = {
     "crop": (16, 4096),
     "learning_rate": (1e-9, 1.0),
     "lr_psnr_min": (0.0, 80.0),
-    "scale_min": (1.0, 16.0),
-    "scale_max": (1.0, 16.0),
-    "scale_power": (-1.0, 16.0),
-    "asymmetric_share": (0.0, 1.0),
-    "integer_share": (0.0, 1.0),
-    "seed": (0, 2**63 - 1),
-    "checkpoint_every": (1, 10**9),
-    "log_every": (1, 10**9),
-    "threads": (0, 4096),
+    **SHARED_TRAIN_BOUNDS,
 }
+LR_BOUNDS = ("project", "penalty")
+OBJECTIVES = ("log", "mse")
+PENALTY_WEIGHT = 10.0  # lr_bound "penalty": weight of the squared relative shortfall
 RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads")  # where and how, not what
 WHOLE = ("steps", "batch_size", "crop", "seed", "checkpoint_every", "log_every", "threads")
 
@@ -70,6 +65,8 @@ class CorrectorTrainConfig:
     crop: int = 96
     learning_rate: float = 5e-4
     lr_psnr_min: float = 44.0
+    lr_bound: str = "project"
+    objective: str = "log"
     scale_min: float = 1.0
     scale_max: float = 4.0
     scale_power: float = 1.0
@@ -83,6 +80,8 @@ class CorrectorTrainConfig:
     def __post_init__(self) -> None:
         for name, (low, high) in CORRECTOR_TRAIN_BOUNDS.items():
             check_number(name, getattr(self, name), low, high, whole=name in WHOLE)
+        check_choice("lr_bound", self.lr_bound, LR_BOUNDS)
+        check_choice("objective", self.objective, OBJECTIVES)
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         if not self.scale_min <= self.scale_max:
@@ -118,23 +117,37 @@ def attach_corrector(network: IARN, config: CorrectorConfig, init: IARN | None =
     return network
 
 
-def corrector_loss(network: IARN, hr: torch.Tensor, lr_size: tuple[int, int], lr_psnr_min: float) -> dict:
-    """The training objective on HR crops (B, 3, c, c) in [0, 1]: mean HR error per pixel of
-    `upscale(q(project(corrected LR)))` (refinement's Y loss), as the mean of its logarithm over
-    the crops, and the restored PSNR-Y."""
+def corrector_loss(
+    network: IARN, hr: torch.Tensor, lr_size: tuple[int, int], cfg: CorrectorTrainConfig
+) -> dict[str, torch.Tensor]:
+    """The training objective on HR crops (B, 3, c, c) in [0, 1]: the HR error per pixel of
+    `upscale(q(LR'))` (refinement's Y loss), LR' the corrected LR held to the bound by
+    `cfg.lr_bound`: `project` (onto `lr_psnr_min` dB per crop, as at inference) or `penalty` (a
+    squared penalty on each crop's shortfall under `lr_psnr_min` + 1 dB; inference projects).
+    `cfg.objective`: `mse` (the batch's mean error) or `log` (the mean of each crop's log error:
+    every crop's dB alike). Also the restored PSNR-Y and the LR's PSNR-Y, for the log."""
     hr_size = (hr.shape[-2], hr.shape[-1])
     lr, _ = network.down_region(hr, hr_size, lr_size, correct=True)
     with torch.no_grad():
         reference = quantize_8bit(resize(hr, lr_size))
-    floor = torch.full((hr.shape[0],), lr_psnr_min + LR_PSNR_MARGIN, device=hr.device)
-    lr_q = quantize_8bit(project_lr(lr, reference, floor) if lr_psnr_min > 0 else lr.clamp(0, 1))
-    restored = network.up_region(lr_q, hr_size, lr_size)
+    allowed = 10 ** (-(cfg.lr_psnr_min + LR_PSNR_MARGIN) / 10)
+    lr_mse = luma(lr - reference).pow(2).mean(dim=(1, 2, 3))
+    if cfg.lr_bound == "project" and cfg.lr_psnr_min > 0:
+        floor = torch.full((hr.shape[0],), cfg.lr_psnr_min + LR_PSNR_MARGIN, device=hr.device)
+        lr = project_lr(lr, reference, floor)
+        penalty = lr_mse.new_zeros(())
+    else:
+        shortfall = (lr_mse / (allowed * 10 ** (-1 / 10)) - 1).clamp_min(0)
+        penalty = PENALTY_WEIGHT * shortfall.pow(2).mean() if cfg.lr_psnr_min > 0 else lr_mse.new_zeros(())
+        lr = lr.clamp(0, 1)
+    restored = network.up_region(quantize_8bit(lr), hr_size, lr_size)
     error = error_per_image(restored, hr, "y") / (hr_size[0] * hr_size[1])
+    fit = torch.log(error.clamp_min(1e-12)).mean() if cfg.objective == "log" else error.mean() / error.detach().mean()
     with torch.no_grad():
         mse_y = luma(restored.clamp(0, 1) - hr).pow(2).mean(dim=(1, 2, 3))
         psnr_y = (10 * torch.log10(1 / mse_y.clamp_min(1e-12))).mean()
-    # the log: every crop's gain in dB counts alike, whatever its scale and content
-    return {"loss": torch.log(error.clamp_min(1e-12)).mean(), "psnr_y": psnr_y}
+        lr_psnr = (10 * torch.log10(1 / lr_mse.detach().clamp_min(1e-12))).mean()
+    return {"loss": fit + penalty, "penalty": penalty.detach(), "psnr_y": psnr_y, "lr_psnr_y": lr_psnr}
 
 
 def learning_rate(cfg: CorrectorTrainConfig, step: int) -> float:
@@ -192,7 +205,7 @@ def train_corrector(
         lr_size = tuple(min(cfg.crop - 1, n) for n in size_for_scale((cfg.crop, cfg.crop), scale))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        values = corrector_loss(network, hr, lr_size, cfg.lr_psnr_min)
+        values = corrector_loss(network, hr, lr_size, cfg)
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
         optimizer.step()

@@ -42,6 +42,7 @@ from .geometry import check_upscale_size, target_size
 from .model import IARN, ModelConfig
 from .model.encoding import ENCODINGS
 from .model.haar import level_size
+from .refine import LR_PSNR_MIN, hold_lr_bound
 from .rescaler import RANGE_SLACK, Rescaler, check_image
 
 MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
@@ -356,14 +357,16 @@ class OnnxRescaler:
         self.max_scale = self.config.max_scale if self.config else ModelConfig().max_scale
 
     def downscale(self, hr, size: tuple[int, int] | None = None, scale=None):
-        """HR (1, 3, H, W) float32 in [0, 1] -> LR (1, 3, h, w) rounded to 8 bits; `size` or
-        `scale` as in `Rescaler.downscale`."""
+        """HR (1, 3, H, W) float32 in [0, 1] -> LR (1, 3, h, w) rounded to 8 bits, PSNR-Y >= 44 dB
+        against the bicubic LR (`refine.hold_lr_bound`); `size` or `scale` as in `Rescaler.downscale`."""
         _check_array(hr, "downscale")
         _check_pixels(tuple(hr.shape[-2:]))
         lr_size = target_size(tuple(hr.shape[-2:]), self.max_scale, size=size, scale=scale)
         _check_sides(tuple(hr.shape[-2:]), lr_size)
         (lr,) = self.down.run(None, {"hr": _float32(hr), "lr_shape": _shape_input(lr_size)})
-        return lr
+        # the graph's forward pass, held to the LR bound as every LR iarn writes (rescaler.py)
+        held = hold_lr_bound(torch.from_numpy(lr).double(), torch.from_numpy(_float32(hr)).double(), LR_PSNR_MIN)
+        return held.float().numpy()
 
     def upscale(self, lr, size: tuple[int, int]):
         """LR (1, 3, h, w) float32 in [0, 1] -> HR (1, 3, H, W) in [0, 1] with `size=(H, W)`."""

@@ -4,6 +4,7 @@ it got, on one line."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 
@@ -36,3 +37,27 @@ def check_choice(name: str, value: object, choices: tuple) -> None:
 def check_flag(name: str, value: object) -> None:
     if not isinstance(value, bool):
         raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+# Bounds every training run shares (train.py's TrainConfig, corrector_train.py's): how scales
+# are drawn, the seed, and the cadence of logs and checkpoints.
+SHARED_TRAIN_BOUNDS = {
+    "scale_min": (1.0, 16.0),
+    "scale_max": (1.0, 16.0),
+    "scale_power": (-1.0, 16.0),
+    "asymmetric_share": (0.0, 1.0),
+    "integer_share": (0.0, 1.0),
+    "seed": (0, 2**63 - 1),
+    "checkpoint_every": (1, 10**9),
+    "log_every": (1, 10**9),
+    "threads": (0, 4096),
+}
+
+
+def from_known_fields(cls, values: dict, what: str):
+    """`cls(**values)` for a dataclass, with a one-line ValueError naming unknown fields."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; this iarn knows {sorted(known)}")
+    return cls(**values)

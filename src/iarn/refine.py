@@ -46,6 +46,7 @@ MAX_REFINE_STEPS = 10_000
 REFINE_BYTES_PER_PIXEL = 2000
 REFINE_WHOLE_BYTES = 4 << 30
 REFINE_TILE = 512
+LR_PSNR_MIN = 44.0  # dB PSNR-Y against the 8-bit bicubic LR: every LR iarn writes is at least this
 LR_PSNR_MARGIN = 0.02  # dB above the bound that the projection aims at, so that rounding keeps it
 ROUNDING_STEP_DB = 0.05  # refine_lr: how much higher an image aims after rounding took it under the floor
 BOUND_TRIES = 20  # hold_lr_bound: projections, each aiming 0.1 dB higher for images still under
@@ -64,10 +65,10 @@ class RefineConfig:
         `step_size` over its LR pixels) or `adam` (every pixel's first steps are `step_size`).
     step_size: the first step in 8-bit LR levels (1/255); a cosine takes it down to a tenth.
     momentum: of `gd`: the share of the previous step that each step carries on, 0 to 0.99.
-    The defaults are the measured best (docs/results.md, "Refinement")."""
+    The defaults are the measured best (docs/history.md, "Refinement")."""
 
     steps: int = 0
-    lr_psnr_min: float = 44.0
+    lr_psnr_min: float = LR_PSNR_MIN
     loss: str = "y"
     optimizer: str = "gd"
     step_size: float = 0.3

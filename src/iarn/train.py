@@ -39,7 +39,7 @@ from torch import nn
 
 from .data import CropSampler, sample_scale, step_rng
 from .devices import resolve_device
-from .fields import check_choice, check_flag, check_number
+from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_flag, check_number
 from .files import atomic_write
 from .geometry import size_for_scale
 from .model import IARN, ModelConfig, quantize_8bit
@@ -77,15 +77,7 @@ TRAIN_BOUNDS = {
     "lr_psnr_target": (0.0, 80.0),
     "lr_shortfall_power": (0.0, 16.0),
     "lambda_z": (0.0, 1e4),
-    "scale_min": (1.0, 16.0),
-    "scale_max": (1.0, 16.0),
-    "scale_power": (-1.0, 16.0),
-    "asymmetric_share": (0.0, 1.0),
-    "integer_share": (0.0, 1.0),
-    "seed": (0, 2**63 - 1),
-    "checkpoint_every": (1, 10**9),
-    "log_every": (1, 10**9),
-    "threads": (0, 4096),
+    **SHARED_TRAIN_BOUNDS,
 }
 WHOLE_FIELDS = ("steps", "batch_size", "crop", "warmup", "seed", "checkpoint_every", "log_every", "threads")
 

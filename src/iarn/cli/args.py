@@ -97,16 +97,21 @@ def positive_float(text: str) -> float:
     return value
 
 
-def refine_steps(text: str) -> int:
-    from ..refine import MAX_REFINE_STEPS
-
+def whole_in_range(text: str, low: int, high: int, what: str) -> int:
+    """A whole number from `low` to `high`, or argparse's one-line error naming `what`."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of steps, got {text!r}") from None
-    if not 0 <= value <= MAX_REFINE_STEPS:
-        raise argparse.ArgumentTypeError(f"expected 0 to {MAX_REFINE_STEPS} steps, got {text!r}")
+        value = None
+    if value is None or not low <= value <= high:
+        raise argparse.ArgumentTypeError(f"expected {what} from {low} to {high}, got {text!r}")
     return value
+
+
+def refine_steps(text: str) -> int:
+    from ..refine import MAX_REFINE_STEPS
+
+    return whole_in_range(text, 0, MAX_REFINE_STEPS, "a whole number of steps")
 
 
 def lr_psnr_bound(text: str) -> float:
@@ -119,13 +124,7 @@ def lr_psnr_bound(text: str) -> float:
 def effort_level(text: str) -> int:
     from ..effort import EFFORTS
 
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value not in EFFORTS:
-        raise argparse.ArgumentTypeError(f"expected an effort from 0 to {max(EFFORTS)}, got {text!r}")
-    return value
+    return whole_in_range(text, min(EFFORTS), max(EFFORTS), "an effort")
 
 
 def zoom_factor(text: str) -> int:

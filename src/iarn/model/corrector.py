@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..fields import check_number
+from ..fields import check_number, from_known_fields
 
 CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4)}
 GRID_CHANNELS = 12  # one x2 step: 3 LR channels and 9 of detail
@@ -36,26 +36,26 @@ COND_CHANNELS = 4
 @dataclass(frozen=True)
 class CorrectorConfig:
     """width: channels of the hidden convolutions; depth: 3x3 convolutions in all (first, hidden,
-    last); steps: the largest x2 step count it serves (the model's `levels`)."""
+    last); steps: the largest x2 step count it serves (the model's `levels`); detail_gain: what
+    the dropped detail z is multiplied by on the way in (the network's latent loss keeps it about
+    ten times smaller than the HR's own detail, too small for a fresh convolution to see)."""
 
     width: int = 32
     depth: int = 4
     steps: int = 2
+    detail_gain: float = 1.0
 
     def __post_init__(self) -> None:
         for name, (low, high) in CORRECTOR_BOUNDS.items():
             check_number(f"corrector {name}", getattr(self, name), low, high, whole=True)
+        check_number("corrector detail_gain", self.detail_gain, 0.0, 1000.0)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> CorrectorConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown corrector config fields {unknown}; this iarn knows {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values, "corrector config")
 
 
 def feature_channels(steps: int) -> int:
@@ -64,13 +64,15 @@ def feature_channels(steps: int) -> int:
     return GRID_CHANNELS + earlier + COND_CHANNELS
 
 
-def corrector_features(lr: torch.Tensor, details: list[torch.Tensor], cond: torch.Tensor) -> torch.Tensor:
+def corrector_features(
+    lr: torch.Tensor, details: list[torch.Tensor], cond: torch.Tensor, detail_gain: float = 1.0
+) -> torch.Tensor:
     """(B, feature_channels(k), h, w) from the LR (B, 3, h, w), each step's dropped detail (first
     step first; step j's is (B, 9, h 2^(k-j), w 2^(k-j))) and the last step's encoding (1, 4, h, w)."""
     steps = len(details)
-    parts = [lr, details[-1]]
+    parts = [lr, detail_gain * details[-1]]
     for j, detail in enumerate(details[:-1], start=1):
-        parts.append(nn.functional.pixel_unshuffle(detail, 2 ** (steps - j)))
+        parts.append(detail_gain * nn.functional.pixel_unshuffle(detail, 2 ** (steps - j)))
     parts.append(cond.to(lr.dtype).expand(lr.shape[0], -1, -1, -1))
     return torch.cat(parts, dim=1)
 

@@ -251,7 +251,8 @@ class Naive(Split):
             details.append(z)
         latents = [z.flatten(1) for z in details]
         if correct and net.corrector is not None:  # on the crop's whole LR: its context absorbs the borders
-            y = net.corrector(y, corrector_features(y, details, cond), steps)
+            features = corrector_features(y, details, cond, net.corrector.config.detail_gain)
+            y = net.corrector(y, features, steps)
         top, left = rows[0] // factor, cols[0] // factor
         y = y[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
         return y, torch.cat(latents, dim=1)
@@ -321,7 +322,7 @@ class Resample(Mode):
     an axis. Both axes kept: the LR is the HR (to 8 bits) and comes back as it is. One axis kept:
     the other is resampled, so the round trip is bicubic's and the kept axis is untouched. The
     trained paths are not used there: a 2-D Haar step cannot leave one axis alone, and the
-    models were measured worse than bicubic with an axis at ratio 1 (docs/results.md)."""
+    models were measured worse than bicubic with an axis at ratio 1 (docs/history.md)."""
 
     def hr_span_for_lr(self, net, hr_size, lr_size, axis, out, context):
         return input_span(hr_size[axis], lr_size[axis], *out)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..fields import check_choice, check_number
+from ..fields import check_choice, check_number, from_known_fields
 from ..geometry import Size
 from .corrector import Corrector, CorrectorConfig
 from .coupling import CouplingBlock
@@ -91,11 +91,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config fields {unknown}; this iarn knows {sorted(known)}")
-        return cls(**values)
+        return from_known_fields(cls, values, "config")
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
