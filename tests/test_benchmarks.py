@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+TOOLS = Path(__file__).resolve().parents[1] / "tools"  # the scripts that edit weight files
 
 
 def run_script(*args: str) -> str:
@@ -71,7 +72,7 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
 
 
 def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
-    """benchmarks/middle_init.py: at x2 (the middle is the HR) the new model's LR and restored HR
+    """tools/middle_init.py: at x2 (the middle is the HR) the new model's LR and restored HR
     are the naive model's, away from the borders where folding the encoding is not exact; the
     per-count layout takes its x(2, 4] stages from a shared model."""
     import importlib.util
@@ -82,7 +83,7 @@ def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
 
     from .conftest import randomize
 
-    spec = importlib.util.spec_from_file_location("middle_init", BENCHMARKS / "middle_init.py")
+    spec = importlib.util.spec_from_file_location("middle_init", TOOLS / "middle_init.py")
     middle_init = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(middle_init)
     naive = randomize(IARN(ModelConfig(mode="naive", blocks_per_level=2, growth=8)), std=0.03)
@@ -114,7 +115,7 @@ def test_checkpoint_weights_writes_a_loadable_file(tmp_path, photo):
     model = ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4)
     cfg = TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "run"), model=model, steps=2, batch_size=2, crop=32)
     train(cfg, progress=False)
-    script = str(BENCHMARKS / "checkpoint_weights.py")
+    script = str(TOOLS / "checkpoint_weights.py")
     out = run_script(script, str(tmp_path / "run" / "checkpoint.pt"), str(tmp_path / "w"))
     assert "step 2" in out and load_weights(tmp_path / "w").config == model
 
@@ -130,7 +131,7 @@ def test_combine_stages_takes_each_stage_from_its_source(tmp_path):
     a, b = randomize(IARN(config), seed=1), randomize(IARN(config), seed=2)
     save_weights(a, tmp_path / "a.safetensors")
     save_weights(b, tmp_path / "b.safetensors")
-    script = str(BENCHMARKS / "combine_stages.py")
+    script = str(TOOLS / "combine_stages.py")
     out = tmp_path / "c.safetensors"
     run_script(
         script,

@@ -393,3 +393,21 @@ def test_file_api_writes_an_lr_that_upscales_without_arguments(tmp_path, photo_f
     assert restored.size == (70, 90) and lr.size == (26, 33)
     with pytest.raises(ValueError, match="never overwrites an input"):
         iarn.downscale_file(model, photo_file, photo_file, scale=2, overwrite=True)
+
+
+def test_one_image_on_a_terminal_says_it_started(tmp_path, capsys, monkeypatch, photo_file, weights_file):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    code, _, err = run(
+        capsys, "downscale", photo_file, "-o", tmp_path / "lr.png", "--scale", "2", "--weights", weights_file
+    )
+    assert code == 0 and "downscaling" in err and "90x70" in err
+
+
+def test_export_says_what_it_is_doing_before_the_long_part(tmp_path, capsys):
+    from iarn import IARN, ModelConfig, save_weights
+
+    small = tmp_path / "small.safetensors"
+    save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    assert main(["export", "--onnx", str(tmp_path / "m"), "--weights", str(small)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("exporting")

@@ -1,7 +1,7 @@
 """Write the weights of a training checkpoint as a weight file (to evaluate a run midway, or to
 start the next leg from a step the run has passed).
 
-    python benchmarks/checkpoint_weights.py runs/mine/checkpoint.pt runs/mine-step.safetensors
+    python tools/checkpoint_weights.py runs/mine/checkpoint.pt runs/mine-step.safetensors
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Write a `middle`-mode weight file whose every x2 step starts as a trained `naive` x2 core.
 
-    python benchmarks/middle_init.py --from naive-x2 -o runs/middle-init.safetensors
-    python benchmarks/middle_init.py --from naive-x2 --per-count --steps-from runs/m.safetensors -o runs/pc.safetensors
+    python tools/middle_init.py --from naive-x2 -o runs/middle-init.safetensors
+    python tools/middle_init.py --from naive-x2 --per-count --steps-from runs/m.safetensors -o runs/pc.safetensors
 
 `--per-count` writes the layout with a stage set per step count (`step_stages`), its x(1, 2]
 stage from the naive model and its x(2, 4] stages from `--steps-from` (a `shared` middle model's

@@ -1,6 +1,6 @@
 """Write a weight file whose coupling stages come from different runs of one architecture.
 
-    python benchmarks/combine_stages.py --take 0=runs/a.safetensors --take 1,2=runs/b.safetensors \
+    python tools/combine_stages.py --take 0=runs/a.safetensors --take 1,2=runs/b.safetensors \
         -o runs/combined.safetensors
 
 A `per-count` middle model has one stage set per step count (stage 0: the x(1, 2] path; 1 and

@@ -1,6 +1,6 @@
 """Write a deeper copy of a weight file: more coupling blocks per stage, the same function.
 
-    python benchmarks/deepen.py src/iarn/bundled/default.safetensors --blocks 8 -o runs/deep.safetensors
+    python tools/deepen.py src/iarn/bundled/default.safetensors --blocks 8 -o runs/deep.safetensors
 
 The source's blocks keep their weights and come first in each stage; the added blocks are new
 `CouplingBlock`s, whose last convolutions are zero-initialised, so each starts as the identity
