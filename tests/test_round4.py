@@ -411,3 +411,16 @@ def test_export_says_what_it_is_doing_before_the_long_part(tmp_path, capsys):
     assert main(["export", "--onnx", str(tmp_path / "m"), "--weights", str(small)]) == 0
     err = capsys.readouterr().err
     assert err.startswith("exporting")
+
+
+@pytest.mark.parametrize("precision", ["auto", "bf16"])
+def test_the_main_job_improves_with_refinement_in_any_precision(tmp_path, capsys, precision):
+    photo = tmp_path / "photo.png"
+    Image.open(SAMPLE).convert("RGB").crop((200, 100, 392, 228)).save(photo)
+
+    def printed(*flags) -> float:
+        code, out, err = run(capsys, "roundtrip", photo, "--scale", "2", "--precision", precision, *flags)
+        assert code == 0, err
+        return float(out.split("iarn round trip    PSNR-Y")[1].split("dB")[0])
+
+    assert printed("--effort", "4") > printed("--effort", "0") + 0.1
