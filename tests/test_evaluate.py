@@ -24,3 +24,24 @@ def test_bicubic_row_reproduces_reference(dataset):
         assert 33.66 <= round(results["x2"]["bicubic"]["psnr_y"], 2) <= 33.68
         assert 28.42 <= round(results["x4"]["bicubic"]["psnr_y"], 2) <= 28.43
     assert "| bicubic |" in markdown_table({dataset: results})
+
+
+def test_lr_format_sends_both_lrs_through_the_codec(tmp_path, capsys, photo, weights_file):
+    import json
+
+    from PIL import Image
+
+    from iarn.cli import main
+
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    out = tmp_path / "r.json"
+    args = ["evaluate", "--data", str(tmp_path), "--scales", "2", "--weights", str(weights_file), "--json", str(out)]
+    assert main(args + ["--lr-format", "jpeg:75"]) == 0
+    cell = json.loads(out.read_text())[tmp_path.name]["x2"]
+    assert cell["lr_format"] == "jpeg:75" and cell["iarn"]["lr_bytes"] > 0 and cell["bicubic"]["lr_bytes"] > 0
+    assert "LR bytes iarn / bicubic" in capsys.readouterr().out
+    assert main(args + ["--lr-format", "png", "--force"]) == 0
+    lossless = json.loads(out.read_text())[tmp_path.name]["x2"]
+    assert lossless["iarn"]["lr_bytes"] is None and lossless["bicubic"]["psnr_y"] > cell["bicubic"]["psnr_y"]
+    with pytest.raises(SystemExit):
+        main(args + ["--lr-format", "jpeg:0"])

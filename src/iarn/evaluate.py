@@ -9,6 +9,7 @@ z = 0 throughout. Grayscale images are replicated to RGB.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from .convert import to_tensor, to_uint8
 from .files import atomic_write, find_images
@@ -37,12 +39,42 @@ class Scores:
     ssim_y: float
     psnr_rgb: float
     lr_psnr_y: float | None = None  # against the bicubic LR; None for the bicubic row
+    lr_bytes: int | None = None  # the LR's size in the --lr-format codec; None when lossless
 
 
-def bicubic_roundtrip(hr: np.ndarray, lr_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Reference bicubic down and up, each rounded to 8 bits: (LR, HR) uint8."""
+LR_FORMATS = ("jpeg", "webp")  # what --lr-format may name, with a quality: "jpeg:90", "webp:80"
+
+
+def parse_lr_format(text: str | None) -> tuple[str, int] | None:
+    """ "jpeg:90" -> ("jpeg", 90); None or "png" -> None (lossless: the LR as written)."""
+    if text is None or text.lower() == "png":
+        return None
+    kind, _, quality = text.lower().partition(":")
+    if kind not in LR_FORMATS or not quality.isdigit() or not 1 <= int(quality) <= 100:
+        raise ValueError(f"LR format {text!r}: expected png, jpeg:Q or webp:Q with Q from 1 to 100")
+    return kind, int(quality)
+
+
+def through_codec(lr: np.ndarray, lr_format: tuple[str, int] | None) -> tuple[np.ndarray, int | None]:
+    """An 8-bit LR (h, w, 3) as it comes back from `lr_format` (Pillow's JPEG, 4:2:0, or lossy
+    WebP at its quality; None: unchanged), and the bytes it took (None when unchanged)."""
+    if lr_format is None:
+        return lr, None
+    kind, quality = lr_format
+    buffer = io.BytesIO()
+    Image.fromarray(lr).save(buffer, format=kind.upper(), quality=quality)
+    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
+        return np.asarray(decoded.convert("RGB")), buffer.tell()
+
+
+def bicubic_roundtrip(
+    hr: np.ndarray, lr_size: tuple[int, int], lr_format: tuple[str, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Reference bicubic down and up, each rounded to 8 bits, the LR through `lr_format` on the
+    way (the upscale sees what the codec gives back): (LR, HR) uint8."""
     lr = to_uint8(resize((to_tensor(hr).float() / 255).double(), lr_size))
-    up = to_uint8(resize((to_tensor(lr).float() / 255).double(), hr.shape[:2]))
+    decoded, _ = through_codec(lr, lr_format)
+    up = to_uint8(resize((to_tensor(decoded).float() / 255).double(), hr.shape[:2]))
     return lr, up
 
 
@@ -53,11 +85,14 @@ def model_roundtrip(
     tile: int | None = None,
     refine: int | RefineConfig = 0,
     progress=None,
+    lr_format: tuple[str, int] | None = None,
 ):
-    """The model's 8-bit LR (refined `refine` steps) and its 8-bit upscale: (LR, HR) uint8."""
-    lr = model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress)
-    up = model.upscale_pixels(lr, hr.shape[:2], tile)
-    return to_uint8(lr.cpu()), to_uint8(up.cpu())
+    """The model's 8-bit LR (refined `refine` steps) and its 8-bit upscale of the LR as it comes
+    back from `lr_format` (None: as written): (LR, HR) uint8."""
+    lr = to_uint8(model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress).cpu())
+    decoded, _ = through_codec(lr, lr_format)
+    up = model.upscale_pixels(to_tensor(decoded), hr.shape[:2], tile)
+    return lr, to_uint8(up.cpu())
 
 
 def score_image(
@@ -66,16 +101,29 @@ def score_image(
     scale: tuple[float, float],
     tile: int | None = None,
     refine: int | RefineConfig = 0,
+    lr_format: tuple[str, int] | None = None,
 ) -> tuple[Scores | None, Scores]:
-    """(model scores or None without a model, bicubic scores) for one HR image and scale."""
+    """(model scores or None without a model, bicubic scores) for one HR image and scale; with
+    `lr_format`, both LRs go through that codec before their upscale."""
     lr_size = size_for_scale(hr.shape[:2], scale)
     border = protocol_border(scale)
-    bic_lr, bic_up = bicubic_roundtrip(hr, lr_size)
-    bicubic = Scores(psnr_y(bic_up, hr, border), ssim_y(bic_up, hr, border), psnr_rgb(bic_up, hr, border))
+    bic_lr, bic_up = bicubic_roundtrip(hr, lr_size, lr_format)
+    bicubic = Scores(
+        psnr_y(bic_up, hr, border),
+        ssim_y(bic_up, hr, border),
+        psnr_rgb(bic_up, hr, border),
+        lr_bytes=through_codec(bic_lr, lr_format)[1],
+    )
     if model is None:
         return None, bicubic
-    lr, up = model_roundtrip(model, hr, lr_size, tile, refine)
-    ours = Scores(psnr_y(up, hr, border), ssim_y(up, hr, border), psnr_rgb(up, hr, border), psnr_y(lr, bic_lr))
+    lr, up = model_roundtrip(model, hr, lr_size, tile, refine, lr_format=lr_format)
+    ours = Scores(
+        psnr_y(up, hr, border),
+        ssim_y(up, hr, border),
+        psnr_rgb(up, hr, border),
+        psnr_y(lr, bic_lr),
+        lr_bytes=through_codec(lr, lr_format)[1],
+    )
     return ours, bicubic
 
 
@@ -91,7 +139,7 @@ def _mean(scores: list[Scores]) -> Scores:
         if fields[name] is None:
             return None
         values = [getattr(s, name) for s in scores]
-        if name != "ssim_y":
+        if name.startswith("psnr") or name == "lr_psnr_y":
             values = [min(v, PSNR_CAP) for v in values]
         return float(np.mean(values))
 
@@ -107,13 +155,15 @@ def evaluate(
     allow_huge: bool = False,
     refine: int | RefineConfig = 0,
     on_bad_image: Callable[[ImageError], None] | None = None,
+    lr_format: tuple[str, int] | None = None,
 ) -> dict:
     """{dataset: {scale label: {"iarn": scores, "bicubic": scores, "images": n, ...}}}, means over images.
 
     Images too small for the protocol at a scale (under 11 pixels left after the border crop)
     are skipped there and counted. An image that cannot be read raises ImageError, or, with
     `on_bad_image`, is passed to it and left out (counted as `unreadable`). `tile` and `refine`
-    (the LR's refinement) as in `Rescaler.downscale`.
+    (the LR's refinement) as in `Rescaler.downscale`; `lr_format` (`parse_lr_format`): both LRs
+    go through that lossy codec before their upscale, and their bytes are recorded (`lr_bytes`).
     """
     results: dict = {}
     for folder in map(Path, datasets):
@@ -141,7 +191,7 @@ def evaluate(
                 if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:  # no room for an SSIM window
                     skipped[scale] += 1
                     continue
-                ours, bicubic = score_image(model, hr, scale, tile, refine)
+                ours, bicubic = score_image(model, hr, scale, tile, refine, lr_format)
                 if ours is not None:
                     per_scale[scale][0].append(ours)
                 per_scale[scale][1].append(bicubic)
@@ -157,6 +207,7 @@ def evaluate(
                 "images": len(bicubic),
                 "skipped_too_small": skipped[scale],
                 "unreadable": unreadable,
+                **({"lr_format": f"{lr_format[0]}:{lr_format[1]}"} if lr_format else {}),
             }
             for scale, (ours, bicubic) in per_scale.items()
         }
@@ -184,14 +235,19 @@ def markdown_table(results: dict) -> str:
         "PSNR-Y in dB (BT.601, 8-bit outputs, ceil(max scale) border cropped; an exact image counts as "
         f"{PSNR_CAP:g} dB in a mean); z = 0."
     )
+    codec = next(iter(next(iter(results.values())).values())).get("lr_format")
+    if codec:
+        lines.append(f"Both LRs went through {codec} (Pillow) before their upscale; bytes are each LR's mean size.")
     for name, by_scale in results.items():
         lines.append("")
         lines.append(f"**{name}** ({by_scale[labels[0]]['images']} images)")
         lines.append("")
+        bytes_column = (" LR bytes iarn / bicubic |", "---|") if codec else ("", "")
         lines.append(
             "| scale | PSNR-Y | SSIM-Y | PSNR-RGB | LR PSNR-Y | bicubic PSNR-Y | bicubic SSIM-Y | bicubic PSNR-RGB |"
+            + bytes_column[0]
         )
-        lines.append("|---|---|---|---|---|---|---|---|")
+        lines.append("|---|---|---|---|---|---|---|---|" + bytes_column[1])
         for label in labels:
             row = by_scale[label]
             bic = row["bicubic"]
@@ -200,7 +256,11 @@ def markdown_table(results: dict) -> str:
                 head = f"{ours['psnr_y']:.2f} | {ours['ssim_y']:.4f} | {ours['psnr_rgb']:.2f} | {ours['lr_psnr_y']:.2f}"
             else:
                 head = "- | - | - | -"
-            lines.append(f"| {label} | {head} | {bic['psnr_y']:.2f} | {bic['ssim_y']:.4f} | {bic['psnr_rgb']:.2f} |")
+            tail = f"{bic['psnr_y']:.2f} | {bic['ssim_y']:.4f} | {bic['psnr_rgb']:.2f}"
+            if codec:
+                ours_bytes = f"{row['iarn']['lr_bytes']:.0f}" if "iarn" in row else "-"
+                tail += f" | {ours_bytes} / {bic['lr_bytes']:.0f}"
+            lines.append(f"| {label} | {head} | {tail} |")
     return "\n".join(lines) + "\n"
 
 

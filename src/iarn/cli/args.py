@@ -134,6 +134,15 @@ def zoom_factor(text: str) -> int:
     return value
 
 
+def lr_format(text: str):
+    from ..evaluate import parse_lr_format
+
+    try:
+        return parse_lr_format(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def target_flags(parser: argparse.ArgumentParser) -> None:
     """`-s/--scale S|SH,SW` or `--size WxH` (one of them): the LR's size."""
     target = parser.add_mutually_exclusive_group(required=True)

@@ -6,7 +6,16 @@ import os
 import sys
 from pathlib import Path
 
-from .args import EVALUATE_EFFORT, effort_flags, force_flag, load_model, model_flags, parse_scale, refine_config
+from .args import (
+    EVALUATE_EFFORT,
+    effort_flags,
+    force_flag,
+    load_model,
+    lr_format,
+    model_flags,
+    parse_scale,
+    refine_config,
+)
 from .batch import identity
 from .errors import CliError, one_line
 
@@ -26,6 +35,12 @@ def add_parser(commands) -> None:
     ev.add_argument("--markdown", metavar="FILE", help="write the table as markdown (it is printed anyway)")
     ev.add_argument("--plot", metavar="FILE.png", help="plot PSNR-Y against scale (needs matplotlib)")
     ev.add_argument("--bicubic-only", action="store_true", help="only the bicubic rows; no model")
+    ev.add_argument(
+        "--lr-format",
+        type=lr_format,
+        metavar="FMT",
+        help="send both LRs through a lossy codec before the upscale: jpeg:Q or webp:Q (default png: lossless)",
+    )
     force_flag(ev, "existing --json, --markdown and --plot files")
     effort_flags(ev, EVALUATE_EFFORT)
     model_flags(ev, precision="fp32")
@@ -97,6 +112,7 @@ def run(args) -> int:
         allow_huge=args.allow_huge,
         refine=refine_config(args, model),
         on_bad_image=on_bad_image,
+        lr_format=args.lr_format,
     )
     table = markdown_table(results)
     print(table, end="")
