@@ -2,7 +2,7 @@
 (photo.png, photos/, Set5/), with the bundled weights.
 
 The one edit: the training commands get `--steps 2` (and small crops), since a test cannot
-train for 20,000 steps; every other line runs exactly as the README has it. The ONNX block runs
+train for 20,000 steps; every other line runs exactly as the README has it. The ONNX blocks run
 on graphs of a small model exported under the names it uses (exporting the bundled model takes
 minutes; tests/test_export.py checks that export)."""
 
@@ -47,7 +47,7 @@ def commands() -> list[list[str]]:
 
 def test_the_readme_has_the_blocks_this_test_runs():
     assert len(commands()) >= 10 and all(argv[0] == "iarn" for argv in commands())
-    assert len(blocks("python")) == 2
+    assert len(blocks("python")) == 3
 
 
 def test_every_shell_block_runs_as_written(workspace, capsys):
@@ -72,7 +72,8 @@ def test_the_onnx_block_runs_as_written(workspace):
     from .conftest import small_network
 
     export_onnx(small_network(mode="middle", levels=2), *onnx_paths("iarn"))
-    namespace: dict = {}
-    exec(compile(blocks("python")[1], "README.md (ONNX)", "exec"), namespace)
-    assert namespace["restored"].shape == (1, 3, 128, 192)
-    assert np.isfinite(namespace["restored"]).all()
+    for block in blocks("python")[1:]:  # onnxruntime alone (also run without iarn: test_export.py), and OnnxRescaler
+        namespace: dict = {}
+        exec(compile(block, "README.md (ONNX)", "exec"), namespace)
+        assert namespace["restored"].shape == (1, 3, 128, 192)
+        assert np.isfinite(namespace["restored"]).all()
