@@ -32,12 +32,12 @@ ARMS: dict[str, list[str]] = {
     "baseline": [],
     "baseline-seed1": ["--seed", "1"],
     "lambda-adaptive-45": ["--lr-psnr-target", "45"],
-    "lr-1e-3": ["--lr", "1e-3"],
+    "lr-1e-3": ["--learning-rate", "1e-3"],
     "split": ["--mode", "split"],
     "encoding-scale-only": ["--encoding", "scale"],
     "lambda-2": ["--lambda-lr", "2"],
-    "lr-5e-4": ["--lr", "5e-4"],
-    "lr-5e-4-seed1": ["--lr", "5e-4", "--seed", "1"],  # the lead of the first sitting, confirmed or not
+    "lr-5e-4": ["--learning-rate", "5e-4"],
+    "lr-5e-4-seed1": ["--learning-rate", "5e-4", "--seed", "1"],  # the lead of the first sitting, confirmed or not
     "encoding-off": ["--encoding", "off"],
     "encoding-sincos": ["--encoding", "sincos"],
     "scale-log-uniform": ["--scale-power", "-1"],

@@ -60,7 +60,7 @@ BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
 # the recipe of the training phase: that of the CPU legs E and F which the bundled default's
 # stages come from (docs/history.md): half the old learning rate on converged weights, and the
 # LR held near 42 dB on training crops (the benchmarks' LR stays above 46 dB, the bar is 44)
-TRAIN_RECIPE = ["--lr", "5e-5", "--scale-power", "1", "--integer-share", "0.3"]
+TRAIN_RECIPE = ["--learning-rate", "5e-5", "--scale-power", "1", "--integer-share", "0.3"]
 TRAIN_RECIPE += ["--lr-psnr-target", "42", "--lr-shortfall-power", "2"]
 RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
 BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's

@@ -26,6 +26,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -69,7 +70,7 @@ TRAIN_BOUNDS = {
     "steps": (1, 10**9),
     "batch_size": (1, 4096),
     "crop": (8, 4096),
-    "lr": (1e-9, 1.0),
+    "learning_rate": (1e-9, 1.0),
     "warmup": (0, 10**9),
     "grad_clip": (1e-6, 1e6),
     "lambda_rec": (0.0, 1e4),
@@ -106,7 +107,7 @@ class TrainConfig:
     steps: int = 20000
     batch_size: int = 16
     crop: int = 144
-    lr: float = 5e-4  # the learning rate (Adam); 2e-4 before the ablation (docs/ablation.md)
+    learning_rate: float = 5e-4  # Adam's; 2e-4 before the ablation (docs/ablation.md). Was `lr`.
     schedule: str = "cosine"  # cosine | step (halve at 50, 75, 90 %)
     warmup: int = 100
     grad_clip: float = 10.0
@@ -158,7 +159,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        values = dict(values)
+        values = upgrade_fields(values)
         model = model_config(values.pop("model", {}) or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -203,6 +204,22 @@ def read_config_file(path: str | os.PathLike) -> dict:
     return values
 
 
+RENAMED_FIELDS = {"lr": "learning_rate"}  # old name -> new: still read from configs and checkpoints
+
+
+def upgrade_fields(values: dict) -> dict:
+    """`values` with renamed fields under their new names (a warning on stderr for each: a
+    checkpoint or config file of an earlier release still loads)."""
+    values = dict(values)
+    for old, new in RENAMED_FIELDS.items():
+        if old in values:
+            if new in values and values[new] != values[old]:
+                raise ValueError(f"{old} (the old name of {new}) and {new} are both given, and differ")
+            values[new] = values.pop(old)
+            print(f"iarn: warning: the training field {old!r} is now {new!r}; read as {new}", file=sys.stderr)
+    return values
+
+
 def merge_config(values: dict, overrides: dict) -> TrainConfig:
     """TrainConfig from `values` with `overrides` on top; `model` overrides merge per field."""
     values = {**values}
@@ -215,7 +232,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
     """The config a resumed run continues with: the checkpoint's (`saved`), with the runtime
     fields in `given` set anew. Any other field in `given` must equal the checkpoint's: a run
     cannot change what it learns halfway (start a new run with `--init-from` instead)."""
-    changed = []
+    saved, given, changed = upgrade_fields(saved), upgrade_fields(given), []
     for name, value in given.items():
         if name in RUNTIME_FIELDS:
             continue
@@ -295,11 +312,11 @@ def adapt_lambda_lr(log_lambda: torch.Tensor, lr_fit: torch.Tensor, target: floa
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
+        return cfg.learning_rate * (step + 1) / cfg.warmup
     progress = min(1.0, step / max(1, cfg.steps))
     if cfg.schedule == "cosine":
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * progress))
-    return cfg.lr * 0.5 ** sum(progress >= m for m in (0.5, 0.75, 0.9))
+        return cfg.learning_rate * 0.5 * (1 + math.cos(math.pi * progress))
+    return cfg.learning_rate * 0.5 ** sum(progress >= m for m in (0.5, 0.75, 0.9))
 
 
 # -- processes and devices -------------------------------------------------------------------
@@ -390,7 +407,7 @@ def build_state(cfg: TrainConfig, device: torch.device, checkpoint: dict | None,
         torch.manual_seed(cfg.seed)
         model = IARN(cfg.model)
     model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.999))
     state = TrainState(model, optimizer, 0, torch.tensor(math.log(cfg.lambda_lr), device=device))
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 
 from .args import finite_float, positive_float, positive_int
@@ -41,6 +42,7 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="size the schedule to --max-minutes from the measured step rate (--steps: the most)",
     )
+    parser.add_argument("--lr", type=finite_float, action=RenamedFlag, dest="learning_rate", help=argparse.SUPPRESS)
     for cls in (TrainConfig, ModelConfig):
         for f in dataclasses.fields(cls):
             if f.name == "model":
@@ -114,6 +116,15 @@ def check_init_from(path: str, asked: dict) -> None:
             f"--init-from {path} fine-tunes its own architecture, but the run asks for {', '.join(conflicts)}; "
             "drop those model settings, or start a new model without --init-from"
         )
+
+
+class RenamedFlag(argparse.Action):
+    """A flag's old spelling: sets the new one's value, and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        new = "--" + self.dest.replace("_", "-")
+        print(f"iarn: warning: {option_string} is now {new}; read as {new}", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def corrector_arguments(parser: argparse.ArgumentParser) -> None:
