@@ -31,6 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -377,6 +378,27 @@ class TrainState:
     skipped_in_a_row: int = 0
 
 
+@lru_cache(maxsize=1)
+def _read_checkpoint_once(path: str, mtime_ns: int) -> dict:
+    return read_checkpoint(path)
+
+
+def resolve_resume(out: str | os.PathLike, resume: str | None) -> tuple[str | None, dict | None]:
+    """(checkpoint path, its contents) that `--resume` names: "auto" is OUT/checkpoint.pt when
+    it exists; (None, None) for a new run. The file is read once, however often it is asked for
+    (the command line reads the recipe from it before the run does)."""
+    if resume == "auto":
+        path = Path(out) / "checkpoint.pt"
+        resume = str(path) if path.exists() else None
+    if not resume:
+        return None, None
+    try:
+        stamp = Path(resume).stat().st_mtime_ns
+    except OSError:
+        return resume, read_checkpoint(resume)  # says what is wrong with it
+    return resume, _read_checkpoint_once(str(resume), stamp)
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """A training checkpoint as a dict; ValueError (one line) when it is not one."""
     try:
@@ -654,9 +676,7 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a folder (--out names the run's folder)")
     checkpoint_path = out / "checkpoint.pt"
-    if resume == "auto":
-        resume = str(checkpoint_path) if checkpoint_path.exists() else None
-    checkpoint = read_checkpoint(resume) if resume else None
+    resume, checkpoint = resolve_resume(out, resume)
     if checkpoint is not None:
         cfg = _checked_resume(cfg, checkpoint)
     elif init_from:
@@ -680,7 +700,7 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
         )
         log = RunLog(out, cfg.steps, state.step, progress)
 
-    started = window_start = clock()
+    window_start = clock()
     window_steps = 0
     unlogged = None  # the last step's values when its step was not logged yet
 
@@ -700,31 +720,14 @@ def _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, cl
         log.record(state.step, values)
         window_start, window_steps = clock(), 0
 
-    # --fit-steps: the rate is timed from step `timed_from`, first over FIT_PROBE steps, then again
-    # over each window up to the next share of the time in REFIT_SHARES (the machine's load may change)
-    steps_cap, refits = cfg.steps, list(REFIT_SHARES) if fit_steps else []
-    timed_from, timed_clock, fitted = (state.step + FIT_SETTLE if fit_steps else None), 0.0, False
+    budget = TimeBudget(max_minutes, fit_steps, cfg.steps, state.step, runtime, clock)
     while state.step < cfg.steps:
-        if state.step == timed_from:
-            timed_clock = _synced_clock(runtime, clock)
-        elif (
-            timed_from is not None
-            and state.step > timed_from
-            and (
-                (not fitted and state.step - timed_from == FIT_PROBE)
-                or (fitted and _on_any_rank(clock() - started >= 60 * max_minutes * refits[0], runtime))
-            )
-        ):
-            now = _synced_clock(runtime, clock)
-            rate = (state.step - timed_from) / max(now - timed_clock, 1e-9)
-            elapsed = clock() - started
-            cfg = _fit_schedule(cfg, steps_cap, state.step, rate, elapsed, max_minutes, runtime)
-            while refits and _on_any_rank(elapsed >= 60 * max_minutes * refits[0], runtime):
-                refits.pop(0)  # shares of the time already gone (the first probe may take long)
-            timed_from, timed_clock, fitted = (state.step if refits else None), now, True
+        fitted = budget.refit(cfg, state.step)
+        if fitted is not None:
+            cfg = fitted
             if log is not None:
                 log.set_total(cfg.steps)
-        if stop_at is not None and state.step >= stop_at or _out_of_time(clock() - started, max_minutes, runtime):
+        if stop_at is not None and state.step >= stop_at or budget.out_of_time():
             break
         if _on_any_rank(interrupted.is_set(), runtime):
             break
@@ -784,6 +787,59 @@ def _synced_clock(runtime: Runtime, clock: Callable[[], float] = time.perf_count
     if runtime.device.type == "cuda":
         torch.cuda.synchronize(runtime.device)
     return clock()
+
+
+class TimeBudget:
+    """`--max-minutes` and `--fit-steps`: when a run is out of time, and the schedule sized to it.
+
+    With `fit_steps`, the step rate is timed from FIT_SETTLE steps after the start (after any
+    compilation), first over FIT_PROBE steps, then again over each window up to the next share
+    of the time in REFIT_SHARES (the machine's load may change), and each measurement sets
+    `steps` so that the cosine ends when the time is up (at most `cap`). `clock` is in seconds
+    (a test passes its own); under DDP every rank agrees on every decision."""
+
+    def __init__(
+        self,
+        max_minutes: float | None,
+        fit_steps: bool,
+        cap: int,
+        step: int,
+        runtime: Runtime,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.max_minutes, self.cap, self.runtime, self.clock = max_minutes, cap, runtime, clock
+        self.started = clock()
+        self.refits = list(REFIT_SHARES) if fit_steps else []
+        self.timed_from = step + FIT_SETTLE if fit_steps else None
+        self.timed_clock, self.fitted = 0.0, False
+
+    def elapsed(self) -> float:
+        return self.clock() - self.started
+
+    def out_of_time(self) -> bool:
+        return _out_of_time(self.elapsed(), self.max_minutes, self.runtime)
+
+    def refit(self, cfg: TrainConfig, step: int) -> TrainConfig | None:
+        """`cfg` with a new `steps` when a measurement of the rate ends at this step, else None."""
+        if self.timed_from is None or step < self.timed_from:
+            return None
+        if step == self.timed_from:
+            self.timed_clock = _synced_clock(self.runtime, self.clock)
+            return None
+        probe_done = not self.fitted and step - self.timed_from == FIT_PROBE
+        window_done = self.fitted and _on_any_rank(
+            self.elapsed() >= 60 * self.max_minutes * self.refits[0], self.runtime
+        )
+        if not (probe_done or window_done):
+            return None
+        now = _synced_clock(self.runtime, self.clock)
+        rate = (step - self.timed_from) / max(now - self.timed_clock, 1e-9)
+        elapsed = self.elapsed()
+        fitted = _fit_schedule(cfg, self.cap, step, rate, elapsed, self.max_minutes, self.runtime)
+        while self.refits and _on_any_rank(elapsed >= 60 * self.max_minutes * self.refits[0], self.runtime):
+            self.refits.pop(0)  # shares of the time already gone (the first probe may take long)
+        self.timed_from, self.timed_clock, self.fitted = (step if self.refits else None), now, True
+        return fitted
 
 
 def _fit_schedule(

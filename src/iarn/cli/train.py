@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 from .args import finite_float, positive_float, positive_int
 from .errors import CliError
@@ -60,7 +59,7 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..model import ModelConfig
-    from ..train import TrainConfig, merge_config, read_checkpoint, read_config_file, resume_config, train
+    from ..train import TrainConfig, merge_config, read_config_file, resolve_resume, resume_config, train
 
     given: dict = {}
     for f in dataclasses.fields(TrainConfig):
@@ -77,14 +76,8 @@ def run(args) -> int:
         given = {**base, **given, **({"model": model} if model else {})}
     if args.init_from and given.get("model"):
         check_init_from(args.init_from, given["model"])
-    out = Path(given.get("out", TrainConfig.out))
-    resume = args.resume
-    if resume == "auto":
-        resume = str(out / "checkpoint.pt") if (out / "checkpoint.pt").exists() else None
-    if resume:
-        cfg = resume_config(read_checkpoint(resume)["train_config"], given)
-    else:
-        cfg = merge_config({}, given)
+    resume, checkpoint = resolve_resume(given.get("out", TrainConfig.out), args.resume)
+    cfg = resume_config(checkpoint["train_config"], given) if checkpoint else merge_config({}, given)
     final = train(
         cfg,
         resume=resume,
