@@ -91,8 +91,9 @@ def test_pil_and_numpy_helpers_keep_their_kind(photo):
     small = downscale_image(model, Image.fromarray(photo), scale=2)
     assert isinstance(small, Image.Image) and small.size == (45, 35)
     assert upscale_image(model, small, size=(70, 90)).size == (90, 70)
-    array = downscale_image(model, photo[..., 0], size=(35, 45))
-    assert array.shape == (35, 45) and array.dtype == np.uint8
+    array = downscale_image(model, photo[..., 0], size=(35, 45))  # a grayscale LR keeps its three channels
+    assert array.shape == (35, 45, 3) and array.dtype == np.uint8
+    assert upscale_image(model, photo[::2, ::2, 0], size=(70, 90)).shape == (70, 90)  # the upscale is grayscale
     rgba = np.concatenate([photo, np.full((70, 90, 1), 200, np.uint8)], axis=2)
     assert downscale_image(model, rgba, scale=2).shape == (35, 45, 4)
     with pytest.raises(ImageError):

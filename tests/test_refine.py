@@ -202,4 +202,4 @@ def test_evaluate_and_roundtrip_take_refine(tmp_path, capsys, photo_file, weight
     assert main(["evaluate", "--data", str(folder), "--scales", "2", "--weights", str(weights_file),
                  "--refine", "2", "--json", str(tmp_path / "r.json")]) == 0  # fmt: skip
     assert main(["roundtrip", str(photo_file), "--scale", "2", "--weights", str(weights_file), "--refine", "2"]) == 0
-    assert "LR refined 2 steps" in capsys.readouterr().out
+    assert "2 refinement steps" in capsys.readouterr().out

@@ -85,7 +85,7 @@ def test_precision_auto_follows_the_device(monkeypatch):
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(devices, "cpu_has_amx", lambda: True)
-    assert devices.resolve_precision("auto", cpu) == torch.bfloat16
+    assert devices.resolve_precision("auto", cpu) == torch.float32  # bf16 cost 0.49 dB there (issue 41)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))
     assert devices.resolve_precision("auto", cuda) == torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))
