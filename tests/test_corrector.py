@@ -196,3 +196,13 @@ def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_fo
     empty = CorrectorTrainConfig.from_dict({**cfg.to_dict(), "out": str(tmp_path / "none")})
     assert train_corrector(empty, max_minutes=1e-9, clock=iter([0.0, 1.0, 2.0, 3.0]).__next__) is None
     assert not (tmp_path / "none" / "model.safetensors").exists()
+
+
+def test_the_recipe_files_load():
+    from pathlib import Path
+
+    from iarn.train import read_config_file
+
+    recipe = Path(__file__).resolve().parents[1] / "config" / "corrector.json"
+    cfg = CorrectorTrainConfig.from_dict(read_config_file(recipe))
+    assert cfg.corrector.detail_gain == 16.0 and cfg.data == ()
