@@ -12,7 +12,7 @@ and on this CPU, the same path at tiny sizes in about a minute (tests/test_bench
 
     python benchmarks/gpu_session.py --smoke --out /tmp/session
 
-Phases (`--phases`, in this order; default: all but `ablation`), each a subprocess with its own
+Phases (`--phases`, in this order; default: all but `train` and `ablation`), each a subprocess with its own
 time limit, so one failure loses nothing else:
 
 - `throughput`: benchmarks/train_throughput.py for the model being trained (eager, batch 16
@@ -20,11 +20,17 @@ time limit, so one failure loses nothing else:
 - `infer`: benchmarks/infer.py at 8.3 MP (4K), default-size model, eager variants (infer.md);
 - `profile`: the heaviest operators of one 8.3 MP down- and upscale (profile.md);
 - `gate`: benchmarks/quality_gate.py on Set5, the fast variants against fp32 (infer.md);
+- `effort`: benchmarks/effort.py on the GPU: the 1 MP downscale's seconds at each effort level
+  and Set5's dB at x2, x3, x4 and (1.5, 4) (the GPU column of docs/performance.md, "Effort";
+  effort.md);
 - `refine`: `iarn evaluate --refine N` of the bundled model on Set5 and Set14 at the ten
   protocol scales, N = 0, 10 and 30, then (if `--prepare --large-sets` carried them, at the cost
   of 41 MB of training images) on B100 and Kodak with N = 0 and 10 (the refinement
   tables of docs/history.md, and their seconds per N on the GPU; its tables are in session.md);
-- `train`: `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
+- `corrector`: `iarn train-corrector` with config/corrector.json from the bundled corrector
+  (`--init-from`), on the GPU for a share of the time left (corrector_log.jsonl,
+  corrector.safetensors), then its Set5 table at effort 1 (corrector.md);
+- `train` (opt-in): `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
   eager again if compiling fails (train_log.jsonl, model.safetensors);
 - `infer-compiled`: the compiled untiled bf16 variant at 8.3 MP, with what is left (infer.md);
@@ -32,7 +38,7 @@ time limit, so one failure loses nothing else:
 - `ablation`: benchmarks/ablation.py arms `ABLATION_ARMS` side by side on the GPU for
   `--ablation-steps` steps each, evaluated on Set5 and Set14 (ablation.md).
 
-At most 7 files go into `--out`, among them session.md: the settings, each phase's time and exit
+At most 12 files go into `--out`, among them session.md: the settings, each phase's time and exit
 status, and its printed output.
 """
 
@@ -64,7 +70,20 @@ TRAIN_RECIPE = ["--learning-rate", "5e-5", "--scale-power", "1", "--integer-shar
 TRAIN_RECIPE += ["--lr-psnr-target", "42", "--lr-shortfall-power", "2"]
 RESERVE_S = 85  # left after training: compiled inference (about 60 s) and the Set5 evaluation
 BIG_BATCH_GAIN = 1.5  # batch 32 is chosen when its MP/s is at least this many times batch 16's
-PHASES = ("throughput", "infer", "profile", "gate", "refine", "train", "infer-compiled", "evaluate", "ablation")
+PHASES = (
+    "throughput",
+    "infer",
+    "profile",
+    "gate",
+    "effort",
+    "refine",
+    "corrector",
+    "train",
+    "infer-compiled",
+    "evaluate",
+    "ablation",
+)
+OPT_IN = ("train", "ablation")  # default: every phase but these (the corrector is what trains now)
 # the open design question of docs/ablation.md: the middle mode from scratch against naive x2 at GPU budgets
 ABLATION_ARMS = ["middle", "naive-x2"]
 # fast inference variants measured against the plain bf16 path and the fp32 tiles
@@ -158,7 +177,7 @@ def main() -> None:
     parser.add_argument("--prepare-mb", type=float, default=52.0, help="MB of training images and B100/Kodak")
     parser.add_argument("--large-sets", action="store_true", help="--prepare: B100 and Kodak too (refine phase)")
     parser.add_argument("--smoke", action="store_true", help="the same path on the CPU at tiny sizes")
-    parser.add_argument("--phases", nargs="+", choices=PHASES, default=[p for p in PHASES if p != "ablation"])
+    parser.add_argument("--phases", nargs="+", choices=PHASES, default=[p for p in PHASES if p not in OPT_IN])
     parser.add_argument(
         "--budget-minutes", type=float, help="the whole session's wall time (default 9; 20 with --smoke, for busy CPUs)"
     )
@@ -267,6 +286,36 @@ class Plan:
             command = [self.python, "-m", "iarn", "evaluate", "--data", *larger, "--device", self.device]
             command += ["--weights", str(BUNDLED), "--scales", *protocol, "--refine", str(steps)]
             session.phase(f"refine {steps} B100+Kodak", command, limit_s=60 + 18 * steps)
+
+    def effort(self, session: Session) -> None:
+        """dB against seconds per effort level on this device (the GPU column of the effort table)."""
+        smoke = self.args.smoke
+        command = [self.python, str(self.bench / "effort.py"), "--device", self.device, "--data", str(self.set5)]
+        command += ["--scales", "2", "1.5,4"] if smoke else ["--scales", "2", "3", "4", "1.5,4"]
+        command += ["--efforts", "0", "1", "3"] if smoke else ["--efforts", "0", "1", "2", "3", "4", "5"]
+        command += ["--timing-size", "96x64", "--repeats", "1"] if smoke else ["--repeats", "5"]
+        session.phase("effort", command, limit_s=60 if smoke else 150, output=self.out / "effort.md")
+
+    def corrector(self, session: Session) -> None:
+        """The LR corrector's training on this device, from the bundled one, then Set5 at effort 1."""
+        run = self.scratch / "corrector"
+        minutes = 0.3 if self.args.smoke else max(0.5, 0.5 * (session.left() - RESERVE_S) / 60)
+        command = [self.python, "-m", "iarn", "train-corrector", "--config", str(ROOT / "config" / "corrector.json")]
+        command += ["--data", str(self.args.data), "--out", str(run), "--device", self.device]
+        command += ["--init-from", str(BUNDLED), "--max-minutes", f"{minutes:.2f}", "--steps", "1000000"]
+        if self.args.smoke:
+            command += ["--crop", "32", "--batch-size", "2"]
+        session.phase("corrector", command, limit_s=60 * minutes + 60)
+        for name, target in (
+            ("corrector-log.jsonl", "corrector_log.jsonl"),
+            ("model.safetensors", "corrector.safetensors"),
+        ):
+            if (run / name).exists():
+                shutil.copy2(run / name, self.out / target)
+        if (self.out / "corrector.safetensors").exists():
+            evaluate = [self.python, "-m", "iarn", "evaluate", "--data", str(self.set5), "--device", self.device]
+            evaluate += ["--weights", str(self.out / "corrector.safetensors"), "--scales", "2", "3", "4", "1.5,4"]
+            session.phase("corrector evaluate", evaluate, limit_s=60, output=self.out / "corrector.md")
 
     def train(self, session: Session) -> None:
         """Training of the given weights, compiled, its schedule fitted to the time left."""

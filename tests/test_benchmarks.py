@@ -51,9 +51,12 @@ def test_train_throughput_levers_run(tmp_path, photo):
 
 
 def test_gpu_session_smoke_writes_its_files(tmp_path):
-    """The device-session script on the CPU at tiny sizes: the same phases, at most 8 files."""
+    """The device-session script on the CPU at tiny sizes: the same phases (and the opt-in
+    training), at most 12 files."""
+    phases = ["throughput", "infer", "profile", "gate", "effort", "refine", "corrector", "train", "evaluate"]
     result = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "gpu_session.py"), "--smoke", "--out", str(tmp_path / "out")],
+        [sys.executable, str(BENCHMARKS / "gpu_session.py"), "--smoke", "--out", str(tmp_path / "out")]
+        + ["--phases", *phases],
         capture_output=True,
         text=True,
         timeout=600,
@@ -62,11 +65,11 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     expected = ["evaluate.json", "infer.md", "model.safetensors", "profile.md", "session.md", "throughput.md"]
-    expected += ["train_log.jsonl"]
-    assert set(expected) <= set(files) and len(files) <= 8, (files, result.stdout[-3000:])
+    expected += ["train_log.jsonl", "effort.md", "corrector_log.jsonl", "corrector.safetensors", "corrector.md"]
+    assert set(expected) <= set(files) and len(files) <= 12, (files, result.stdout[-3000:])
     report = (tmp_path / "out" / "session.md").read_text()
     statuses = [line for line in report.splitlines() if line.startswith("## ")]
-    assert len(statuses) == 7 and all(": exit 0," in line for line in statuses), statuses
+    assert len(statuses) == 10 and all(": exit 0," in line for line in statuses), statuses
     assert any(line.startswith("## refine 2") for line in statuses), statuses
     assert "; training " in report and "--fit-steps" in report
 

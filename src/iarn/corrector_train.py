@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .data import CropSampler, sample_scale, step_rng
+from .devices import resolve_device
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
 from .files import atomic_write
 from .geometry import size_for_scale
@@ -47,7 +48,7 @@ CORRECTOR_TRAIN_BOUNDS = {
 LR_BOUNDS = ("project", "penalty")
 OBJECTIVES = ("log", "mse")
 PENALTY_WEIGHT = 10.0  # lr_bound "penalty": weight of the squared relative shortfall
-RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads")  # where and how, not what
+RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads", "device")  # where and how, not what
 WHOLE = ("steps", "batch_size", "crop", "seed", "checkpoint_every", "log_every", "threads")
 
 
@@ -76,6 +77,7 @@ class CorrectorTrainConfig:
     checkpoint_every: int = 250
     log_every: int = 25
     threads: int = 0
+    device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
 
     def __post_init__(self) -> None:
         for name, (low, high) in CORRECTOR_TRAIN_BOUNDS.items():
@@ -171,7 +173,8 @@ def train_corrector(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out / "corrector-checkpoint.pt"
     base_path = resolve_weights(cfg.base)
-    network = load_weights(base_path)
+    device = resolve_device(cfg.device)
+    network = load_weights(base_path, device)
     if network.config.mode not in ("middle", "naive"):
         raise ValueError(f"a corrector needs a model in middle or naive mode, {base_path} is {network.config.mode}")
     if cfg.corrector.steps < network.config.levels:
@@ -182,11 +185,11 @@ def train_corrector(
     optimizer = torch.optim.Adam(network.corrector.parameters(), lr=cfg.learning_rate)
     step = 0
     if resume and checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        state = torch.load(checkpoint_path, map_location=device, weights_only=True)
         network.corrector.load_state_dict(state["corrector"])
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
-    sampler = CropSampler(list(cfg.data), cfg.crop)
+    sampler = CropSampler(list(cfg.data), cfg.crop, device)
     log = (out / "corrector-log.jsonl").open("a")
     started, first_step = clock(), step
 
