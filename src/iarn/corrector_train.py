@@ -48,7 +48,8 @@ CORRECTOR_TRAIN_BOUNDS = {
 LR_BOUNDS = ("project", "penalty")
 OBJECTIVES = ("log", "mse")
 PENALTY_WEIGHT = 10.0  # lr_bound "penalty": weight of the squared relative shortfall
-RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads", "device")  # where and how, not what
+# where and how a run executes, not what it learns: left out of the weight file's record
+RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads", "device")
 WHOLE = ("steps", "batch_size", "crop", "seed", "checkpoint_every", "log_every", "threads")
 
 
