@@ -206,3 +206,14 @@ def test_the_recipe_files_load():
     recipe = Path(__file__).resolve().parents[1] / "config" / "corrector.json"
     cfg = CorrectorTrainConfig.from_dict(read_config_file(recipe))
     assert cfg.corrector.detail_gain == 16.0 and cfg.data == ()
+
+
+def test_the_bound_reference_is_the_protocol_bicubic_in_bands():
+    from iarn.model.network import quantize_8bit
+    from iarn.refine import REFERENCE_BAND
+    from iarn.resample import resize
+
+    x = torch.randint(0, 256, (1, 3, 4 * REFERENCE_BAND + 37, 23), dtype=torch.uint8)
+    for lr_size in ((REFERENCE_BAND * 2 + 5, 11), (x.shape[-2], 23), (3, 7)):
+        expected = quantize_8bit(resize(x.double() / 255, lr_size)).float()
+        assert torch.equal(reference_lr(x, lr_size, torch.float32), expected)

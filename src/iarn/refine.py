@@ -30,8 +30,9 @@ import torch
 
 from .fields import check_choice, check_number
 from .geometry import Size
+from .model.modes import resample_crop
 from .model.network import quantize_8bit
-from .resample import resize
+from .resample import input_span
 from .tiling import CONTEXT, as_float, upscale_spans
 
 if TYPE_CHECKING:
@@ -132,10 +133,22 @@ def error_per_image(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torc
     return luma(diff).pow(2).sum(dim=(1, 2, 3)) + 0.1 * rgb
 
 
+REFERENCE_BAND = 256  # LR rows of the reference computed at once: a large photo is never all float64
+
+
 def reference_lr(hr: torch.Tensor, lr_size: Size, dtype: torch.dtype) -> torch.Tensor:
     """The LR the bound is measured against, as the protocol measures it: the bicubic downscale
-    of the HR (B, 3, H, W, float or uint8), rounded to 8 bits, in `dtype`."""
-    return quantize_8bit(resize(as_float(hr, torch.float64), lr_size)).to(dtype)
+    of the HR (B, 3, H, W, float or uint8), rounded to 8 bits, in `dtype`. Computed in bands of
+    LR rows, each from the HR rows it reads, so its memory is bounded whatever the image."""
+    height, width = hr.shape[-2], hr.shape[-1]
+    out = torch.empty(hr.shape[0], hr.shape[1], *lr_size, dtype=dtype, device=hr.device)
+    for top in range(0, lr_size[0], REFERENCE_BAND):
+        rows = (top, min(lr_size[0], top + REFERENCE_BAND))
+        first, stop = input_span(height, lr_size[0], *rows)
+        band = as_float(hr[..., first:stop, :], torch.float64)
+        resized = resample_crop(band, (first, 0), (height, width), lr_size, rows, (0, lr_size[1]))
+        out[..., rows[0] : rows[1], :] = quantize_8bit(resized).to(dtype)
+    return out
 
 
 def hold_lr_bound(lr: torch.Tensor, hr: torch.Tensor, lr_psnr_min: float) -> torch.Tensor:
