@@ -189,28 +189,28 @@ class Split(Mode):
         return by_product.float().pow(2).mean()
 
 
-class Naive(Split):
-    """The comparison baseline (docs/ablation.md): bicubic-resize the HR to twice the LR size
-    (the *middle* image), a fixed x2 split model (1 level) on it, whose grid is the LR's size, so
-    the LR is its first 3 channels; on the way up, the inverse, then the middle back to the HR
+class MiddleImageMode(Split):
+    """What the modes on a middle image share (`Naive`, `Middle`): the HR resized by bicubic to
+    the *middle* image, 2^k times the LR size, k x2 core steps each passing its first 3 channels
+    on (the LR out of the last); on the way up the steps inverted, then the middle back to the HR
     size: by the exact least-squares inverse along an axis where the middle is the larger (an
-    upsampling, s <= 2) and `back` is "exact", else bicubic. Trained at scale 2 only, it is told
-    nothing of the scale (its encoding describes the fixed middle -> LR x2 step).
-    Regions: the middle rows a crop covers are computed from the HR crop, so tiles work too."""
+    upsampling) and `back` is "exact", else bicubic. Regions: the middle rows a crop covers are
+    computed from the HR crop, so tiles work too. Subclasses say how many steps (`steps`) and
+    what each step is told of the scale (`condition`)."""
 
     def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
         """x2 core steps from the middle image to the LR."""
-        return 1
-
-    def core_size(self, net: Core, hr_size: Size, lr_size: Size) -> Size:
-        factor = 2 ** self.steps(net, hr_size, lr_size)
-        return (factor * lr_size[0], factor * lr_size[1])
+        raise NotImplementedError
 
     def condition(
         self, net: Core, level: int, grid_start: Size, grid: Size, hr_size: Size, middle: Size, lr_size: Size
     ) -> torch.Tensor:
         """The scale encoding of step `level`'s grid (cells of 2^level middle pixels)."""
-        return net.conds_for(middle, lr_size, grid_start, grid, level)
+        raise NotImplementedError
+
+    def core_size(self, net: Core, hr_size: Size, lr_size: Size) -> Size:
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        return (factor * lr_size[0], factor * lr_size[1])
 
     def back_is_exact(self, net: Core, hr_length: int, middle_length: int) -> bool:
         """Whether the middle returns to the HR by the least-squares inverse along this axis."""
@@ -277,12 +277,25 @@ class Naive(Split):
         return apply_matrices(y, *matrices)
 
 
+class Naive(MiddleImageMode):
+    """The comparison baseline (docs/ablation.md): the middle image is twice the LR size (the
+    HR downscaled by bicubic above x2), one fixed x2 split step on it, whose grid is the LR's
+    size. Trained at scale 2 only, it is told nothing of the scale (its encoding describes the
+    fixed middle -> LR x2 step)."""
+
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        return 1
+
+    def condition(self, net, level, grid_start, grid, hr_size, middle, lr_size):
+        return net.conds_for(middle, lr_size, grid_start, grid, level)
+
+
 def _bicubic_matrix(hr_length, middle_length, out, in_range, dtype, device):
     """The bicubic resampling matrix from the middle back to the HR (pinv_matrix's arguments)."""
     return resample_matrix(middle_length, hr_length, out, in_range, dtype, device)
 
 
-class Middle(Naive):
+class Middle(MiddleImageMode):
     """The method's geometry (docs/design.md section 3): the HR *upsampled* by bicubic to the
     middle image, 2^k times the LR size with k = ceil(log2 max(s_h, s_w)) (at least 1), so the
     HR loses nothing on the way in; k x2 steps (a Haar level and the coupling blocks of stage k,
