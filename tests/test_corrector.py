@@ -217,3 +217,19 @@ def test_the_bound_reference_is_the_protocol_bicubic_in_bands():
     for lr_size in ((REFERENCE_BAND * 2 + 5, 11), (x.shape[-2], 23), (3, 7)):
         expected = quantize_8bit(resize(x.double() / 255, lr_size)).float()
         assert torch.equal(reference_lr(x, lr_size, torch.float32), expected)
+
+
+def test_a_model_with_a_corrector_exports_its_forward_pass(tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from iarn.export import OnnxRescaler, export_onnx, onnx_paths
+
+    network = corrected_network()
+    down, up = onnx_paths(tmp_path / "m")
+    export_onnx(network, down, up)
+    hr = torch.rand(1, 3, 48, 64)
+    model = Rescaler(network, device="cpu")
+    model.correct = False
+    expected = model.downscale(hr, scale=2)
+    got = torch.from_numpy(OnnxRescaler(down, up).downscale(hr.numpy(), scale=2))
+    assert (got - expected).abs().max() <= 1 / 255 + 1e-6

@@ -16,7 +16,8 @@ H, W and h, w are dynamic (each at least MIN_SIDE); 1 <= H/h, W/w <= the model's
 the caller's to keep, as for `Rescaler.downscale`; an input outside [0, 1] gives all NaN, and an
 axis that keeps its size is resampled as `modes.Resample` does. `OnnxRescaler` runs the graphs
 with the runner's checks in front; each graph's metadata holds the model's config. Whole images
-only (no tiling) and z = 0; every mode. The modes on a middle image (`naive`, `middle`) have
+only (no tiling) and z = 0; every mode; the downscale is the forward pass, without the LR corrector
+(`OnnxRescaler` holds its LR to the 44 dB bound). The modes on a middle image (`naive`, `middle`) have
 their resizes in the graphs too; the least-squares inverse back to the HR is computed in the
 graph by Newton-Schulz iterations (`pinv_matrix_graph`, float64), and since the number of x2
 steps of `middle` depends on the sizes, which a graph cannot branch on, its graphs compute every
@@ -425,9 +426,11 @@ def _quiet_exporter():
 
 def _float32_cpu(model: IARN) -> IARN:
     """A float32, NCHW copy on the CPU, its dense blocks unpadded: the graph gets the plain
-    convolutions and the runtime picks its own kernels."""
+    convolutions and the runtime picks its own kernels. The LR corrector is left out: the
+    downscale graph is the network's forward pass (module docstring)."""
     copy = IARN(model.config)
-    copy.load_state_dict({k: v.float().cpu() for k, v in model.state_dict().items()})
+    state = {k: v.float().cpu() for k, v in model.state_dict().items() if not k.startswith("corrector.")}
+    copy.load_state_dict(state)
     for module in copy.modules():
         if hasattr(module, "channel_align"):
             module.channel_align = 1
