@@ -35,6 +35,7 @@ from PIL import Image
 from iarn import Rescaler
 from iarn.cli import parse_scale, parse_size, sample_image_path
 from iarn.convert import to_tensor
+from iarn.devices import keep_freed_memory
 from iarn.effort import EFFORTS, Effort
 from iarn.evaluate import bicubic_roundtrip, model_roundtrip, scale_label
 from iarn.files import atomic_write, find_images
@@ -147,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as the CLI does (docs/performance.md): the times are the CLI's
     model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
     height, width = args.timing_size
     results: dict = {

@@ -64,7 +64,7 @@ def through_codec(lr: np.ndarray, lr_format: tuple[str, int] | None) -> tuple[np
     buffer = io.BytesIO()
     Image.fromarray(lr).save(buffer, format=kind.upper(), quality=quality)
     with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
-        return np.asarray(decoded.convert("RGB")), buffer.tell()
+        return np.array(decoded.convert("RGB")), buffer.tell()
 
 
 def bicubic_roundtrip(
