@@ -44,7 +44,7 @@ ARMS: dict[str, list[str]] = {
     "naive-x2": ["--mode", "naive", "--scale-min", "2", "--scale-max", "2"],
     "batch-2-crop-128": ["--batch-size", "2", "--crop", "128"],
     "batch-32-crop-32": ["--batch-size", "32", "--crop", "32"],
-    "middle": ["--mode", "middle", "--levels", "2"],  # the method's geometry (model/modes.py), from scratch
+    "middle": ["--mode", "middle", "--levels", "2"],  # the method's geometry (model/modes/), from scratch
 }
 
 

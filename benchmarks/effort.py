@@ -36,7 +36,7 @@ from iarn import Rescaler
 from iarn.cli import parse_scale, parse_size, sample_image_path
 from iarn.convert import to_tensor
 from iarn.devices import keep_freed_memory
-from iarn.effort import EFFORTS, Effort
+from iarn.effort import EFFORTS, Effort, set_corrector
 from iarn.evaluate import bicubic_roundtrip, model_roundtrip, scale_label
 from iarn.files import atomic_write, find_images
 from iarn.geometry import size_for_scale
@@ -53,7 +53,7 @@ def level(name: str) -> Effort:
     `--effort E --refine N` runs; "0+10" is refinement from the network's own LR)."""
     effort, _, steps = name.partition("+")
     chosen = EFFORTS[int(effort)]
-    return Effort(chosen.corrector, int(steps)) if steps else chosen
+    return Effort(chosen.corrector, int(steps), chosen.passes) if steps else chosen
 
 
 def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, int] = ONE_MEGAPIXEL) -> dict:
@@ -66,7 +66,7 @@ def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, i
         row: dict = {}
         for effort in efforts:
             chosen = level(effort)
-            model.correct = chosen.corrector
+            set_corrector(model, chosen)
             times = []
             for attempt in range(repeats + 1):
                 start = time.perf_counter()
@@ -91,7 +91,7 @@ def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[str]) ->
         border = protocol_border(scale)
         for effort in efforts:
             chosen = level(effort)
-            model.correct = chosen.corrector
+            set_corrector(model, chosen)
             scores, lr_scores = [], []
             for hr in images:
                 lr_size = size_for_scale(hr.shape[:2], scale)

@@ -38,7 +38,9 @@ from iarn.data import CropSampler
 from iarn.model import ModelConfig
 from iarn.model.encoding import _cached_encoding
 from iarn.resample import _cached_matrix
-from iarn.train import Runtime, TrainConfig, build_state, make_loss_module, next_batch, train_step
+from iarn.train import make_loss_module, next_batch, train_step
+from iarn.train_config import TrainConfig
+from iarn.train_runtime import Runtime, build_state
 
 LEVERS = ("rebuilt", "cached", "device-crops", "bf16", "compile", "cudagraphs", "batch")
 LEVER_SETTINGS = {  # TrainConfig fields each lever sets; the cache and crop levers are not fields

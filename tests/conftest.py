@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from iarn import IARN, ModelConfig, Rescaler, save_weights
+from iarn.model.network import FIRST_DEFAULTS
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 BENCHMARK = SHARED / "data" / "benchmark"
@@ -24,9 +25,17 @@ def randomize(model: IARN, std: float = 0.05, seed: int = 0) -> IARN:
     return model.eval()
 
 
+def first_config(**fields) -> ModelConfig:
+    """A ModelConfig whose unnamed fields are the first release's defaults (a `cycle` model of one
+    level, `shared` stages): what the tests were written against before ModelConfig()'s defaults
+    became the shipped architecture."""
+    return ModelConfig(**{**FIRST_DEFAULTS, **fields})
+
+
 def small_network(**overrides) -> IARN:
-    """A small IARN (2 blocks, growth 8; `overrides` are ModelConfig fields), random weights."""
-    config = ModelConfig(**{"blocks_per_level": 2, "growth": 8, **overrides})
+    """A small IARN (2 blocks, growth 8; `overrides` are ModelConfig fields, the rest as
+    `first_config`), random weights."""
+    config = first_config(**{"blocks_per_level": 2, "growth": 8, **overrides})
     torch.manual_seed(0)
     return randomize(IARN(config))
 

@@ -82,14 +82,14 @@ def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
 
     import torch
 
-    from iarn import IARN, ModelConfig
+    from iarn import IARN
 
-    from .conftest import randomize
+    from .conftest import first_config, randomize
 
     spec = importlib.util.spec_from_file_location("middle_init", TOOLS / "middle_init.py")
     middle_init = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(middle_init)
-    naive = randomize(IARN(ModelConfig(mode="naive", blocks_per_level=2, growth=8)), std=0.03)
+    naive = randomize(IARN(first_config(mode="naive", blocks_per_level=2, growth=8)), std=0.03)
     middle = middle_init.middle_from_naive(naive).eval()
     assert middle.config.mode == "middle" and len(middle.stages) == 2
     x = torch.rand(1, 3, 128, 112, generator=torch.Generator().manual_seed(0))
@@ -101,7 +101,7 @@ def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
         assert (lr_naive - lr_middle).abs().max() > 0  # the borders: folding is not exact there
         up = naive.up_region(lr_naive, (128, 112), (64, 56)), middle.up_region(lr_naive, (128, 112), (64, 56))
         assert (up[0] - up[1])[inner].abs().max() < 1e-5
-    shared = randomize(IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=2, growth=8)), seed=1)
+    shared = randomize(IARN(first_config(mode="middle", levels=2, blocks_per_level=2, growth=8)), seed=1)
     per_count = middle_init.middle_from_naive(naive, per_count=True, steps_from=shared)
     assert len(per_count.stages) == 3
     for ours, theirs in ((1, 0), (2, 1)):
@@ -111,11 +111,13 @@ def test_middle_from_naive_starts_as_the_naive_core(tmp_path):
 
 def test_checkpoint_weights_writes_a_loadable_file(tmp_path, photo):
     from iarn import load_weights
-    from iarn.model import ModelConfig
-    from iarn.train import TrainConfig, train
+    from iarn.train import train
+    from iarn.train_config import TrainConfig
+
+    from .conftest import first_config
 
     Image.fromarray(np.tile(photo, (2, 2, 1))).save(tmp_path / "a.png")
-    model = ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4)
+    model = first_config(mode="middle", levels=2, blocks_per_level=1, growth=4)
     cfg = TrainConfig(data=(str(tmp_path),), out=str(tmp_path / "run"), model=model, steps=2, batch_size=2, crop=32)
     train(cfg, progress=False)
     script = str(TOOLS / "checkpoint_weights.py")
@@ -126,11 +128,11 @@ def test_checkpoint_weights_writes_a_loadable_file(tmp_path, photo):
 def test_combine_stages_takes_each_stage_from_its_source(tmp_path):
     import torch
 
-    from iarn import IARN, ModelConfig, load_weights, save_weights
+    from iarn import IARN, load_weights, save_weights
 
-    from .conftest import randomize
+    from .conftest import first_config, randomize
 
-    config = ModelConfig(mode="middle", levels=2, step_stages="per-count", blocks_per_level=1, growth=4)
+    config = first_config(mode="middle", levels=2, step_stages="per-count", blocks_per_level=1, growth=4)
     a, b = randomize(IARN(config), seed=1), randomize(IARN(config), seed=2)
     save_weights(a, tmp_path / "a.safetensors")
     save_weights(b, tmp_path / "b.safetensors")

@@ -9,23 +9,28 @@ import numpy as np
 import pytest
 import torch
 
-from iarn import IARN, ModelConfig, Rescaler, load_weights, save_weights
+from iarn import IARN, Rescaler, load_weights, save_weights
 from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
-from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan
-from iarn.model.corrector import Corrector, CorrectorConfig, feature_channels
+from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan, set_corrector
+from iarn.model.corrector import Corrector, CorrectorConfig, feature_channels, feedback_channels
 from iarn.refine import RefineConfig, hold_lr_bound, lr_psnr_y, reference_lr
 from iarn.weights import same_upscaler, weights_id
 
-from .conftest import randomize
+from .conftest import first_config, randomize
 
 MIDDLE = {"mode": "middle", "levels": 2, "blocks_per_level": 2, "growth": 8, "step_stages": "per-count"}
 SCALES = [2.0, 3.3, (1.5, 4.0), (4.0, 1.7), 1.3]
 
 
-def corrected_network(seed: int = 0, **overrides) -> IARN:
-    """A small middle network with random weights and a corrector with random (non-zero) weights."""
+PASSES = [1, 2]
+
+
+def corrected_network(seed: int = 0, passes: int = 1, **overrides) -> IARN:
+    """A small middle network with random weights and a corrector (of `passes` passes) with random
+    (non-zero) weights."""
     torch.manual_seed(seed)
-    network = randomize(IARN(ModelConfig(**{**MIDDLE, **overrides}), CorrectorConfig(width=8, depth=3)), seed=seed)
+    corrector = CorrectorConfig(width=8, depth=3, passes=passes)
+    network = randomize(IARN(first_config(**{**MIDDLE, **overrides}), corrector), seed=seed)
     with torch.no_grad():
         for p in network.corrector.parameters():
             p.mul_(0.2)
@@ -36,12 +41,54 @@ def test_feature_channels_cover_the_middle_image():
     # one step: its 12-channel grid; two: that and the first step's detail, unshuffled (9 * 4)
     assert feature_channels(1) == 12 + 4
     assert feature_channels(2) == 12 + 36 + 4
+    # the second pass: the first LR, the middle image's error on the LR's grid (3 * 4^k), the encoding
+    assert feedback_channels(1) == 3 + 12 + 4 and feedback_channels(2) == 3 + 48 + 4
+
+
+@pytest.mark.parametrize("scale", SCALES, ids=str)
+def test_fresh_second_pass_changes_nothing(scale):
+    one = corrected_network()
+    two = IARN(one.config, CorrectorConfig(width=8, depth=3, passes=2))
+    missing = two.load_state_dict(one.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("corrector.feedback.") for k in missing)
+    x = torch.rand(1, 3, 37, 45)
+    a = Rescaler(one, device="cpu").downscale(x, scale=scale)
+    assert torch.equal(a, Rescaler(two, device="cpu").downscale(x, scale=scale))
+
+
+def test_passes_are_chosen_at_run_time():
+    two = corrected_network(passes=2)
+    one = IARN(two.config, CorrectorConfig(width=8, depth=3))
+    one.load_state_dict(two.state_dict(), strict=False)
+    model = Rescaler(two, device="cpu")
+    x = torch.rand(1, 3, 150, 170)
+    trained = model.downscale(x, scale=2.7)
+    model.corrector_passes = 1  # the first pass alone: what a one-pass corrector gives
+    assert torch.equal(model.downscale(x, scale=2.7), Rescaler(one, device="cpu").downscale(x, scale=2.7))
+    model.corrector_passes = 4  # the feedback stack three times
+    more = model.downscale(x, scale=2.7)
+    assert not torch.equal(more, trained)
+    tiled = model.downscale(x, scale=2.7, tile=48)
+    assert (more - tiled).abs().max() <= 1 / 255 + 1e-6 and (more != tiled).float().mean() < 0.01
+
+
+def test_a_two_pass_run_starts_from_a_one_pass_corrector():
+    one = corrected_network()
+    base = randomize(IARN(first_config(**MIDDLE)))
+    two = attach_corrector(base, CorrectorConfig(width=8, depth=3, passes=2), init=one)
+    for name, tensor in one.corrector.state_dict().items():
+        assert torch.equal(two.corrector.state_dict()[name], tensor), name
+    assert all(float(p.detach().abs().max()) == 0 for p in two.corrector.feedback.last.parameters())
+    with pytest.raises(ValueError, match="init-from's corrector"):  # two passes into one: refused
+        attach_corrector(randomize(IARN(first_config(**MIDDLE))), CorrectorConfig(width=8, depth=3), init=two)
+    with pytest.raises(ValueError, match="init-from's corrector"):  # another width: refused
+        attach_corrector(randomize(IARN(first_config(**MIDDLE))), CorrectorConfig(width=4, depth=3, passes=2), init=one)
 
 
 @pytest.mark.parametrize("scale", SCALES, ids=str)
 def test_fresh_corrector_changes_nothing(scale):
-    plain = randomize(IARN(ModelConfig(**MIDDLE)))
-    with_corrector = IARN(ModelConfig(**MIDDLE), CorrectorConfig(width=8, depth=3))
+    plain = randomize(IARN(first_config(**MIDDLE)))
+    with_corrector = IARN(first_config(**MIDDLE), CorrectorConfig(width=8, depth=3))
     with_corrector.load_state_dict({**with_corrector.state_dict(), **plain.state_dict()})
     x = torch.rand(1, 3, 37, 45)
     a = Rescaler(plain, device="cpu").downscale(x, scale=scale)
@@ -50,8 +97,9 @@ def test_fresh_corrector_changes_nothing(scale):
 
 
 @pytest.mark.parametrize("scale", SCALES, ids=str)
-def test_corrector_changes_the_lr_not_the_upscaler(scale):
-    network = corrected_network()
+@pytest.mark.parametrize("passes", PASSES)
+def test_corrector_changes_the_lr_not_the_upscaler(scale, passes):
+    network = corrected_network(passes=passes)
     model = Rescaler(network, device="cpu")
     x = torch.rand(1, 3, 41, 53)
     corrected = model.downscale(x, scale=scale)
@@ -67,8 +115,9 @@ def test_corrector_changes_the_lr_not_the_upscaler(scale):
 
 
 @pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=str)
-def test_corrected_tiles_equal_whole(scale):
-    model = Rescaler(corrected_network(), device="cpu")
+@pytest.mark.parametrize("passes", PASSES)
+def test_corrected_tiles_equal_whole(scale, passes):
+    model = Rescaler(corrected_network(passes=passes), device="cpu")
     x = torch.rand(1, 3, 150, 170)
     whole = model.downscale(x, scale=scale)
     tiled = model.downscale(x, scale=scale, tile=48)
@@ -76,8 +125,9 @@ def test_corrected_tiles_equal_whole(scale):
     assert (whole != tiled).float().mean() < 0.01
 
 
-def test_weight_file_round_trip_keeps_the_corrector(tmp_path):
-    network = corrected_network()
+@pytest.mark.parametrize("passes", PASSES)
+def test_weight_file_round_trip_keeps_the_corrector(tmp_path, passes):
+    network = corrected_network(passes=passes)
     path = tmp_path / "c.safetensors"
     save_weights(network, path)
     loaded = load_weights(path)
@@ -87,7 +137,7 @@ def test_weight_file_round_trip_keeps_the_corrector(tmp_path):
 
 
 def test_lrs_of_the_base_upscale_with_the_corrected_file(tmp_path):
-    base = randomize(IARN(ModelConfig(**MIDDLE)))
+    base = randomize(IARN(first_config(**MIDDLE)))
     base_path, corrected_path = tmp_path / "base.safetensors", tmp_path / "corrected.safetensors"
     save_weights(base, base_path)
     network = attach_corrector(load_weights(base_path), CorrectorConfig(width=8, depth=3))
@@ -133,11 +183,11 @@ def content(kind: str, size=(96, 120)) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["text", "lines", "checkerboard", "noise"])
-@pytest.mark.parametrize("effort", sorted(EFFORTS)[:3])
-def test_every_lr_keeps_the_bound_on_any_content(kind, effort):
-    model = Rescaler(corrected_network(), device="cpu")
+@pytest.mark.parametrize("effort, passes", [(0, 1), (1, 1), (1, 2), (2, 2)])
+def test_every_lr_keeps_the_bound_on_any_content(kind, effort, passes):
+    model = Rescaler(corrected_network(passes=passes), device="cpu")
     chosen = EFFORTS[effort]
-    model.correct = chosen.corrector
+    set_corrector(model, chosen)
     x = content(kind)
     for scale in (2.0, 3.0, (1.5, 4.0)):
         lr = model.downscale(x, scale=scale, refine=chosen.refine)
@@ -166,7 +216,7 @@ def test_effort_plan():
 
 
 def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_folder):
-    base = randomize(IARN(ModelConfig(**MIDDLE)))
+    base = randomize(IARN(first_config(**MIDDLE)))
     base_path = tmp_path / "base.safetensors"
     save_weights(base, base_path)
     cfg = CorrectorTrainConfig(
@@ -201,11 +251,17 @@ def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_fo
 def test_the_recipe_files_load():
     from pathlib import Path
 
-    from iarn.train import read_config_file
+    from iarn.model import ModelConfig
+    from iarn.train_config import TrainConfig, read_config_file
 
-    recipe = Path(__file__).resolve().parents[1] / "config" / "corrector.json"
-    cfg = CorrectorTrainConfig.from_dict(read_config_file(recipe))
+    recipes = Path(__file__).resolve().parents[1] / "config"
+    cfg = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector.json"))
     assert cfg.corrector.detail_gain == 16.0 and cfg.data == ()
+    networks = sorted(recipes.glob("network_*.json"))
+    assert len(networks) == 2
+    for recipe in networks:  # the shipped architecture, no data path of this machine
+        network = TrainConfig.load(recipe)
+        assert network.model == ModelConfig() and network.data == ()
 
 
 def test_the_bound_reference_is_the_protocol_bicubic_in_bands():

@@ -8,8 +8,11 @@ import iarn
 from iarn.cli import main
 from iarn.export import OnnxRescaler, export_onnx, onnx_paths
 from iarn.geometry import size_for_scale
-from iarn.model import IARN, ModelConfig
+from iarn.model import IARN
+from iarn.model.modes import MODES, MiddleImageMode
 from iarn.refine import RefineConfig
+
+from .conftest import first_config
 
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -106,25 +109,22 @@ def test_bundled_model_graphs_match_pytorch(bundled_sessions, size, scale):
     assert hr_error < 1 / 255
 
 
-MODE_CONFIGS = [
-    {"mode": "split", "levels": 2},
-    {"mode": "naive"},
-    {"mode": "middle", "levels": 2},
-    {"mode": "middle", "levels": 2, "step_stages": "per-count"},
-]
+# every mode (the bundled model's layout is the test above): two levels where the mode allows
+MODE_CONFIGS = {name: {"mode": name, "levels": 1 if name == "naive" else 2} for name in MODES}
+MODE_CONFIGS["middle-per-count"] = {**MODE_CONFIGS["middle"], "step_stages": "per-count"}
 
 
-@pytest.mark.parametrize("config", MODE_CONFIGS, ids=["split-2", "naive", "middle", "middle-per-count"])
+@pytest.mark.parametrize("config", MODE_CONFIGS.values(), ids=list(MODE_CONFIGS))
 def test_other_modes_export(tmp_path, config):
     torch.manual_seed(0)
-    model = IARN(ModelConfig(**config, blocks_per_level=1, growth=4)).eval()
+    model = IARN(first_config(**config, blocks_per_level=1, growth=4)).eval()
     for parameter in model.parameters():  # not the identity a fresh model is
         parameter.data.add_(torch.randn_like(parameter) * 0.02)
     sessions = _sessions(tmp_path, model)
     runner = iarn.Rescaler(model, device="cpu")
     # the middle image's modes: one x2 step or two, the least-squares inverse (x1.3; an odd side
     # at x2, its worst conditioned case) and bicubic back (naive at x2.5)
-    extra = [((61, 83), 1.3), ((67, 71), 2)] if config["mode"] != "split" else []
+    extra = [((61, 83), 1.3), ((67, 71), 2)] if isinstance(MODES[config["mode"]], MiddleImageMode) else []
     for size, scale in CASES[:3] + extra:
         lr_share, hr_error = _compare(runner, sessions, size, scale)
         assert lr_share < 1e-3 and hr_error < 1 / 255, (size, scale)
@@ -132,7 +132,7 @@ def test_other_modes_export(tmp_path, config):
 
 def test_cli_export_writes_both_graphs_and_refuses_to_overwrite(tmp_path, capsys):
     small = tmp_path / "small.safetensors"
-    iarn.save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    iarn.save_weights(IARN(first_config(blocks_per_level=1, growth=4)), small)
     name = tmp_path / "out" / "iarn.onnx"
     assert main(["export", "--onnx", str(name), "--weights", str(small)]) == 0
     down, up = onnx_paths(name)
@@ -153,7 +153,7 @@ def test_readme_onnx_example_runs_without_iarn(tmp_path):
     section = readme[readme.index("## ONNX") :]
     code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
     small = tmp_path / "small.safetensors"
-    iarn.save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    iarn.save_weights(IARN(first_config(blocks_per_level=1, growth=4)), small)
     assert main(["export", "--onnx", str(tmp_path / "iarn"), "--weights", str(small)]) == 0
     rng = np.random.default_rng(0)
     from PIL import Image

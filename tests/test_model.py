@@ -9,8 +9,9 @@ from iarn.geometry import size_for_scale, target_size
 from iarn.model import quantize_8bit
 from iarn.model.coupling import CouplingBlock
 from iarn.model.encoding import encoding_channels
+from iarn.weights import load_weights, resolve_weights
 
-from .conftest import randomize, small_model, small_network
+from .conftest import first_config, randomize, small_model, small_network
 
 VARIANTS = [
     {"mode": "cycle"},
@@ -35,9 +36,11 @@ def _random_geometry(rng: random.Random) -> tuple[tuple[int, int], tuple[int, in
     return hr, size_for_scale(hr, scale)
 
 
-def test_default_config_is_irn_sized():
-    count = sum(p.numel() for p in IARN().parameters())
-    assert 1.5e6 <= count <= 4.5e6
+def test_default_config_is_the_shipped_architecture():
+    shipped = load_weights(resolve_weights("default"))
+    assert ModelConfig() == shipped.config
+    shapes = {k: v.shape for k, v in IARN().state_dict().items()}
+    assert shapes == {k: v.shape for k, v in shipped.state_dict().items() if not k.startswith("corrector.")}
 
 
 def test_fresh_blocks_are_identity():
@@ -100,15 +103,15 @@ def test_middle_geometry(hr, lr, steps):
 
 def test_middle_needs_a_stage_per_step():
     with pytest.raises(ValueError, match="2\\^levels >= max_scale"):
-        ModelConfig(mode="middle", levels=1)
+        first_config(mode="middle", levels=1)
     with pytest.raises(ValueError, match="back must be one of"):
-        ModelConfig(mode="middle", levels=2, back="nearest")
+        first_config(mode="middle", levels=2, back="nearest")
 
 
 def test_middle_round_trip_is_exact_where_the_core_is_the_identity():
     """Fresh blocks are the identity and z = 0 is then the Haar details' loss only: an image
     that is constant on 2^k x 2^k cells comes back exactly at x2 and x4 (the middle is the HR)."""
-    model = Rescaler(IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4)), device="cpu")
+    model = Rescaler(IARN(first_config(mode="middle", levels=2, blocks_per_level=1, growth=4)), device="cpu")
     cells = torch.rand(1, 3, 8, 10)
     for factor in (2, 4):
         x = cells.repeat_interleave(factor, -2).repeat_interleave(factor, -1)
@@ -210,7 +213,7 @@ def test_max_scale_rounding_boundary_accepted():
 
 
 def test_config_validation_and_json_round_trip():
-    cfg = ModelConfig(mode="split", encoding="sincos", levels=2)
+    cfg = first_config(mode="split", encoding="sincos", levels=2)
     assert ModelConfig.from_dict(__import__("json").loads(cfg.to_json())) == cfg
     with pytest.raises(ValueError, match="mode"):
         ModelConfig(mode="nope")
@@ -233,7 +236,7 @@ def test_encoding_phases():
 
 
 def test_randomize_helper_breaks_identity():
-    model = randomize(IARN(ModelConfig(blocks_per_level=1, growth=4)))
+    model = randomize(IARN(first_config(blocks_per_level=1, growth=4)))
     x = torch.rand(1, 3, 8, 8)
     assert not torch.allclose(model.encode(x, (8, 8), (4, 4)), model.encode(torch.zeros_like(x), (8, 8), (4, 4)))
 
@@ -241,7 +244,7 @@ def test_randomize_helper_breaks_identity():
 @pytest.mark.parametrize("levels", [1, 2])
 def test_core_round_trip_under_bf16_autocast(levels):
     """GPU training may use bf16 autocast: subnets in bf16, coupling arithmetic in fp32."""
-    model = randomize(IARN(ModelConfig(blocks_per_level=4, growth=16, levels=levels)), std=0.02, seed=1)
+    model = randomize(IARN(first_config(blocks_per_level=4, growth=16, levels=levels)), std=0.02, seed=1)
     x = torch.rand(2, 3, 48, 40)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         grid = model.encode(x, (48, 40), (17, 19))
@@ -283,7 +286,7 @@ def test_float64_model_keeps_float64_state():
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_low_precision_subnets_keep_float32_images_and_invert(dtype):
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-    config = ModelConfig(blocks_per_level=4, growth=16)
+    config = first_config(blocks_per_level=4, growth=16)
     reference = Rescaler(randomize(IARN(config), std=0.02, seed=1), device="cpu")
     model = Rescaler(randomize(IARN(config), std=0.02, seed=1), device="cpu", precision=precision)
     assert model.network.stages[0][0].f.out.weight.dtype == dtype and model.network.state_dtype == torch.float32

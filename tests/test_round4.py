@@ -24,7 +24,7 @@ from iarn.imageio import luma_8bit, read_picture
 from iarn.metrics import protocol_border, psnr_y
 from iarn.refine import RefineConfig, lr_psnr_y, reference_lr, refine_lr
 
-from .conftest import BENCHMARK, small_model
+from .conftest import BENCHMARK, first_config, small_model
 from .test_cli import assert_one_line_error, run
 
 SAMPLE = sample_image_path()
@@ -404,10 +404,10 @@ def test_one_image_on_a_terminal_says_it_started(tmp_path, capsys, monkeypatch, 
 
 
 def test_export_says_what_it_is_doing_before_the_long_part(tmp_path, capsys):
-    from iarn import IARN, ModelConfig, save_weights
+    from iarn import IARN, save_weights
 
     small = tmp_path / "small.safetensors"
-    save_weights(IARN(ModelConfig(blocks_per_level=1, growth=4)), small)
+    save_weights(IARN(first_config(blocks_per_level=1, growth=4)), small)
     assert main(["export", "--onnx", str(tmp_path / "m"), "--weights", str(small)]) == 0
     err = capsys.readouterr().err
     assert err.startswith("exporting")

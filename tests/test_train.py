@@ -15,7 +15,10 @@ from iarn import IARN, load_weights
 from iarn.cli import main
 from iarn.data import CropSampler, sample_scale
 from iarn.model import ModelConfig
-from iarn.train import TrainConfig, learning_rate, train
+from iarn.train import learning_rate, train
+from iarn.train_config import TrainConfig
+
+from .conftest import first_config
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -24,7 +27,7 @@ def small_config(folder, out, **overrides) -> TrainConfig:
     values = dict(
         data=(str(folder),),
         out=str(out),
-        model=ModelConfig(blocks_per_level=1, growth=4),
+        model=first_config(blocks_per_level=1, growth=4),
         steps=6,
         batch_size=2,
         crop=32,
@@ -157,7 +160,7 @@ def test_the_log_records_the_step_the_clock_stops_at(image_folder, tmp_path, mon
 
 @pytest.mark.parametrize("mode", ["cycle", "split"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder, tmp_path, mode):
-    model = ModelConfig(blocks_per_level=1, growth=4, mode=mode)
+    model = first_config(blocks_per_level=1, growth=4, mode=mode)
     straight = train(small_config(image_folder, tmp_path / "a", model=model), progress=False)
     partial = train(small_config(image_folder, tmp_path / "b", model=model), progress=False, stop_at=3)
     assert torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["step"] == 3
@@ -331,7 +334,7 @@ def test_lr_shortfall_weighs_only_a_step_below_the_target():
     """The LR term is lambda * mse, times (mse / target mse)**p when the LR misses the target."""
     from iarn.train import MAX_LAMBDA_LR, RescaleLoss
 
-    model = IARN(ModelConfig(mode="middle", levels=2, blocks_per_level=1, growth=4))
+    model = IARN(first_config(mode="middle", levels=2, blocks_per_level=1, growth=4))
     hr = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
 
     def terms(**fields) -> dict:
@@ -355,7 +358,7 @@ def test_lr_shortfall_weighs_only_a_step_below_the_target():
 
 
 def test_adaptive_lr_weight_trains_and_resumes(image_folder, tmp_path):
-    overrides = dict(lr_psnr_target=45.0, model=ModelConfig(blocks_per_level=1, growth=4))
+    overrides = dict(lr_psnr_target=45.0, model=first_config(blocks_per_level=1, growth=4))
     straight = train(small_config(image_folder, tmp_path / "a", **overrides), progress=False)
     train(small_config(image_folder, tmp_path / "b", **overrides), progress=False, stop_at=3)
     resumed = train(small_config(image_folder, tmp_path / "b", **overrides), resume="auto", progress=False)
@@ -381,13 +384,13 @@ def test_resume_cleans_a_killed_runs_leftovers_and_its_log(image_folder, tmp_pat
 
 
 def test_a_full_disk_while_checkpointing_says_so(tmp_path, monkeypatch):
-    from iarn.train import TrainState, save_checkpoint
+    from iarn.train_runtime import TrainState, save_checkpoint
 
     def full(payload, path):
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1536 vs 1424")
 
     monkeypatch.setattr(torch, "save", full)
-    model = IARN(ModelConfig(blocks_per_level=1, growth=4))
+    model = IARN(first_config(blocks_per_level=1, growth=4))
     state = TrainState(model, torch.optim.Adam(model.parameters()), 3, torch.tensor(0.0))
     with pytest.raises(OSError, match="no space left") as raised:
         save_checkpoint(state, TrainConfig(), tmp_path / "checkpoint.pt")
@@ -414,7 +417,7 @@ def test_integer_share_draws_whole_scales_and_leaves_other_runs_alone():
 def test_the_learning_rate_keeps_its_old_name_in_files_and_flags(image_folder, tmp_path, capsys):
     """`lr` became `learning_rate` (beside `lambda_lr` and `lr_psnr_target`, where LR is the small
     image): a config file, a checkpoint or a flag of the old name still works, with a warning."""
-    from iarn.train import resume_config
+    from iarn.train_config import resume_config
 
     cfg = TrainConfig.from_dict({"lr": 2e-4, "data": ["x"]})
     assert cfg.learning_rate == 2e-4 and "'lr' is now 'learning_rate'" in capsys.readouterr().err

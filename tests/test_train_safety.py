@@ -14,9 +14,12 @@ import iarn.train as train_module
 from iarn import IARN, load_weights
 from iarn.cli import main
 from iarn.model import ModelConfig
-from iarn.train import SHIPPED_MODEL, TRAIN_BOUNDS, TrainConfig, TrainingDiverged, train
+from iarn.train import TrainingDiverged, train
+from iarn.train_config import TRAIN_BOUNDS, TrainConfig
 from iarn.weights import WeightsError, resolve_weights, save_weights
 from tests.test_train import small_config, tiny_train_args
+
+from .conftest import first_config
 
 
 def poison_steps(monkeypatch, bad: set[int] | range) -> None:
@@ -71,7 +74,7 @@ def test_the_cli_reports_divergence_in_one_line(image_folder, tmp_path, monkeypa
 
 
 def test_no_weight_file_or_checkpoint_with_a_nan_is_written(tmp_path):
-    model = IARN(ModelConfig(blocks_per_level=1, growth=4))
+    model = IARN(first_config(blocks_per_level=1, growth=4))
     path = tmp_path / "w.safetensors"
     save_weights(model, path)
     before = path.read_bytes()
@@ -169,7 +172,7 @@ def test_the_command_line_refuses_what_the_config_refuses(image_folder, tmp_path
 
 def test_train_defaults_are_the_shipped_recipe(image_folder, tmp_path):
     shipped = load_weights(resolve_weights("default")).config
-    assert TrainConfig().model == SHIPPED_MODEL == shipped
+    assert TrainConfig().model == ModelConfig() == shipped
     assert (TrainConfig().lr_psnr_target, TrainConfig().lr_shortfall_power) == (44.0, 2.0)
     assert TrainConfig().scale_min == 1.0  # trained down to ratio 1 (issue 25)
     assert TrainConfig.from_dict({"model": {"mode": "middle"}}).model == shipped  # --mode middle alone

@@ -5,10 +5,10 @@ import torch
 from safetensors.torch import save_file
 
 import iarn
-from iarn import IARN, ModelConfig, Rescaler, WeightsError, load_weights, save_weights
+from iarn import IARN, Rescaler, WeightsError, load_weights, save_weights
 from iarn import weights as weights_module
 
-from .conftest import small_network
+from .conftest import first_config, small_network
 
 
 def test_round_trip_keeps_config_and_every_tensor(tmp_path):
@@ -66,7 +66,7 @@ def test_load_without_bundled_weights_fails_clearly(monkeypatch):
 def test_load_by_path_and_device(weights_file):
     model = iarn.load(weights_file, device="cpu")
     assert isinstance(model, Rescaler) and isinstance(model.network, IARN) and not model.network.training
-    assert model.config == ModelConfig(blocks_per_level=2, growth=8)
+    assert model.config == first_config(blocks_per_level=2, growth=8)
 
 
 @pytest.mark.parametrize("name", weights_module.BUNDLED)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from iarn.train import checkpoint_model, read_checkpoint
+from iarn.train_runtime import checkpoint_model, read_checkpoint
 from iarn.weights import save_weights
 
 

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from iarn.model import IARN
-from iarn.train import checkpoint_model, read_checkpoint
+from iarn.train_runtime import checkpoint_model, read_checkpoint
 from iarn.weights import load_weights, save_weights
 
 

@@ -7,7 +7,7 @@
 stage from the naive model and its x(2, 4] stages from `--steps-from` (a `shared` middle model's
 stages 1 and 2, say one already trained) or from the naive model too.
 
-The `middle` mode (model/modes.py) runs k x2 steps of 12 channels, one stage of coupling blocks
+The `middle` mode (model/modes/) runs k x2 steps of 12 channels, one stage of coupling blocks
 each; a `naive` model is one such stage, trained at scale 2. Copying it into every stage gives a
 model that is the naive core applied k times from step 0 (docs/ablation.md), which training
 then adapts end to end on all scales (`iarn train --init-from`).

@@ -26,15 +26,15 @@ from pathlib import Path
 
 import torch
 
-from .data import CropSampler, sample_scale, step_rng
+from .data import CropSampler
 from .devices import resolve_device
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
 from .files import atomic_write
-from .geometry import size_for_scale
 from .model import IARN, quantize_8bit
 from .model.corrector import Corrector, CorrectorConfig
 from .refine import LR_PSNR_MARGIN, error_per_image, luma, project_lr
 from .resample import resize
+from .train import next_batch
 from .weights import load_weights, resolve_weights, save_weights, weights_id
 
 CORRECTOR_TRAIN_BOUNDS = {
@@ -109,14 +109,18 @@ class CorrectorTrainConfig:
 
 def attach_corrector(network: IARN, config: CorrectorConfig, init: IARN | None = None) -> IARN:
     """Freeze `network`'s invertible core and give it a fresh corrector (or `init`'s, which must
-    have the same corrector config)."""
+    have the same corrector config but for its passes; one pass where this run asks for more:
+    its first pass is taken and the feedback starts fresh, changing nothing; a feedback stack is
+    never dropped)."""
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     network.corrector = Corrector(config).to(network.device)
     if init is not None and init.corrector is not None:
-        if init.corrector.config != config:
-            raise ValueError(f"init-from's corrector is {init.corrector.config}, this run asks for {config}")
-        network.corrector.load_state_dict(init.corrector.state_dict())
+        given = init.corrector.config
+        same_but_passes = dataclasses.replace(given, passes=config.passes) == config
+        if not same_but_passes or given.passes > 1 and config.passes == 1:
+            raise ValueError(f"init-from's corrector is {given}, this run asks for {config}")
+        network.corrector.load_state_dict(init.corrector.state_dict(), strict=given.passes > 1 or config.passes == 1)
     return network
 
 
@@ -201,12 +205,7 @@ def train_corrector(
     while step < cfg.steps:
         if max_minutes is not None and clock() - started >= 60 * max_minutes:
             break
-        rng = step_rng(cfg.seed, 0, step)
-        scale = sample_scale(
-            rng, cfg.scale_min, cfg.scale_max, cfg.scale_power, cfg.asymmetric_share, cfg.integer_share
-        )
-        hr = sampler.batch(cfg.batch_size, rng).float().div_(255)
-        lr_size = tuple(min(cfg.crop - 1, n) for n in size_for_scale((cfg.crop, cfg.crop), scale))
+        hr, lr_size, scale = next_batch(sampler, cfg, 0, step)  # as train.py's rank 0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         values = corrector_loss(network, hr, lr_size, cfg)

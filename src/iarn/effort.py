@@ -1,9 +1,10 @@
 """Effort: one number for how much `downscale` spends choosing the LR, as encoders have (cjxl -e).
 
-Each level is a corrector switch and a number of refinement steps (refine.py); `--refine N`
-keeps exact control of the steps. Costs and gains, measured on Set5 (docs/performance.md,
-"Effort"): level 1 costs about what the network's own pass does; each refinement step about
-three such passes more.
+Each level is a corrector switch, the corrector's passes (each after the first is one more pass
+of the network's upscaler, model/corrector.py) and a number of refinement steps (refine.py);
+`--refine N` keeps exact control of the steps. Costs and gains, measured on Set5
+(docs/performance.md, "Effort"): level 1 costs about twice the network's own pass; each
+refinement step about three such passes more.
 """
 
 from __future__ import annotations
@@ -17,20 +18,23 @@ if TYPE_CHECKING:  # not at run time: the CLI's --help reads this module and mus
 
 @dataclass(frozen=True)
 class Effort:
-    """corrector: run the network's LR corrector (where the model has one); refine: steps."""
+    """corrector: run the network's LR corrector (where the model has one); passes: its passes
+    (None: as many as it was trained with); refine: refinement steps."""
 
     corrector: bool
     refine: int
+    passes: int | None = None
 
 
+MORE_PASSES = 4  # the corrector's feedback applied three times (it was trained once: measured to gain)
 EFFORTS = {
     0: Effort(corrector=False, refine=0),  # the invertible network's forward pass alone
     1: Effort(corrector=True, refine=0),  # and its learned corrector: the default on a CPU
-    2: Effort(corrector=True, refine=2),
-    3: Effort(corrector=True, refine=5),
-    4: Effort(corrector=True, refine=10),  # the default on a CUDA GPU
-    5: Effort(corrector=True, refine=30),
-    6: Effort(corrector=True, refine=100),
+    2: Effort(corrector=True, refine=0, passes=MORE_PASSES),
+    3: Effort(corrector=True, refine=5, passes=MORE_PASSES),
+    4: Effort(corrector=True, refine=10, passes=MORE_PASSES),  # the default on a CUDA GPU
+    5: Effort(corrector=True, refine=30, passes=MORE_PASSES),
+    6: Effort(corrector=True, refine=100, passes=MORE_PASSES),
 }
 CPU_EFFORT, GPU_EFFORT = 1, 4
 
@@ -41,10 +45,16 @@ def default_effort(device: torch.device) -> int:
 
 
 def plan(effort: int | None, refine: int | None, device: torch.device) -> Effort:
-    """The corrector switch and refinement steps for `--effort` and `--refine` (None: not
-    given): the effort's (or the device's default), with the steps of `--refine` when given."""
+    """The corrector switch, passes and refinement steps for `--effort` and `--refine` (None:
+    not given): the effort's (or the device's default), with the steps of `--refine` when given."""
     chosen = EFFORTS[default_effort(device) if effort is None else effort]
-    return chosen if refine is None else Effort(corrector=chosen.corrector, refine=refine)
+    return chosen if refine is None else Effort(chosen.corrector, refine, chosen.passes)
 
 
-__all__ = ["EFFORTS", "Effort", "default_effort", "plan"]
+def set_corrector(model, chosen: Effort) -> None:
+    """Switch a Rescaler's corrector on or off, in the passes `chosen` says."""
+    model.correct = chosen.corrector
+    model.corrector_passes = chosen.passes
+
+
+__all__ = ["EFFORTS", "Effort", "default_effort", "plan", "set_corrector"]

@@ -2,10 +2,12 @@
 
 Why the sizes are graph inputs and the geometry is inside the graphs: the resampling matrices and
 the scale-encoding maps depend only on the sizes, so each graph computes them itself (in float64,
-with the same arithmetic as `resample.py` and `model/encoding.py`, then cast to float32), and a
-caller needs nothing from iarn. A target size is given as the *shape* of a small input, because
-an ONNX graph can size tensors by shapes but a value input would make every output shape
-data-dependent:
+by the graph twins beside the eager code: `resample.resample_matrix_graph`,
+`encoding.scale_encoding_graph`, ..., then cast to float32), and a caller needs nothing from
+iarn. The graphs ask the model's mode for its whole-image path (`Mode.down_graph`,
+`Mode.up_graph`, model/modes/), as the eager code asks it for regions; nothing here names a
+mode. A target size is given as the *shape* of a small input, because an ONNX graph can size
+tensors by shapes but a value input would make every output shape data-dependent:
 
     downscale.onnx  hr (1, 3, H, W) float32 in [0, 1], lr_shape (h, w) any values (uint8 zeros)
                     -> lr (1, 3, h, w) float32 in [0, 1], rounded to multiples of 1/255
@@ -17,11 +19,11 @@ the caller's to keep, as for `Rescaler.downscale`; an input outside [0, 1] gives
 axis that keeps its size is resampled as `modes.Resample` does. `OnnxRescaler` runs the graphs
 with the runner's checks in front; each graph's metadata holds the model's config. Whole images
 only (no tiling) and z = 0; every mode; the downscale is the forward pass, without the LR corrector
-(`OnnxRescaler` holds its LR to the 44 dB bound). The modes on a middle image (`naive`, `middle`) have
-their resizes in the graphs too; the least-squares inverse back to the HR is computed in the
-graph by Newton-Schulz iterations (`pinv_matrix_graph`, float64), and since the number of x2
-steps of `middle` depends on the sizes, which a graph cannot branch on, its graphs compute every
-step count the model has and select the one the sizes ask for (twice the work at most). Needs
+(`OnnxRescaler` holds its LR to the 44 dB bound). The modes on a middle image have their resizes
+in the graphs too; the least-squares inverse back to the HR is computed in the graph by
+Newton-Schulz iterations (`resample.pinv_matrix_graph`, float64), and where the number of x2
+steps depends on the sizes, which a graph cannot branch on, the graphs compute every step count
+the model has and select the one the sizes ask for (twice the work at most). Needs
 the `onnx` extra (onnx, onnxscript; onnxruntime to run the graphs): `pip install iarn[onnx]`.
 """
 
@@ -30,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import warnings
 from pathlib import Path
@@ -41,202 +42,13 @@ from torch import nn
 from .files import atomic_write
 from .geometry import check_upscale_size, target_size
 from .model import IARN, ModelConfig
-from .model.encoding import ENCODINGS
-from .model.haar import level_size
+from .model.modes import RESAMPLE, keeps_an_axis_graph
 from .refine import LR_PSNR_MIN, hold_lr_bound
 from .rescaler import RANGE_SLACK, Rescaler, check_image
 
 MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
 OPSET = 18
 CONFIG_KEY = "iarn:config"  # the model's ModelConfig (JSON) in each graph's metadata
-_A = -0.5  # Keys' cubic, as resample.py
-
-
-def _as_float64(size, like: torch.Tensor) -> torch.Tensor:
-    """A scalar float64 tensor holding a (symbolic) size."""
-    return torch.ones((), dtype=torch.float64, device=like.device) * size
-
-
-def _cubic(t: torch.Tensor) -> torch.Tensor:
-    t = t.abs()
-    near = ((_A + 2) * t - (_A + 3)) * t * t + 1
-    far = (((t - 5) * t + 8) * t - 4) * _A
-    return torch.where(t < 1, near, torch.where(t < 2, far, torch.zeros_like(t)))
-
-
-def resample_matrix_graph(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
-    """The (out_size, in_size) antialiased bicubic matrix of `resample.resample_matrix`, from
-    tensor arithmetic alone (dense: every weight outside the kernel's support is 0), float32."""
-    return _resample_matrix64(in_size, out_size, like).to(torch.float32)
-
-
-def _resample_matrix64(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
-    scale = _as_float64(in_size, like) / _as_float64(out_size, like)
-    support = torch.where(scale >= 1, 2 * scale, torch.full_like(scale, 2.0))
-    inverse = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
-    center = scale * (torch.arange(out_size, dtype=torch.float64, device=like.device) + 0.5)
-    index = torch.arange(in_size, dtype=torch.float64, device=like.device)
-    offset = index[None, :] - center[:, None] + 0.5
-    weights = torch.where(offset.abs() < support, _cubic(offset * inverse), torch.zeros_like(offset))
-    total = weights.sum(dim=1, keepdim=True)
-    return weights / torch.where(total == 0, torch.ones_like(total), total)
-
-
-PINV_ITERATIONS = 16  # Newton-Schulz steps: enough for cond(U) up to about 20 (the worst is ~15)
-
-
-def pinv_matrix_graph(small, large, like: torch.Tensor) -> torch.Tensor:
-    """`resample.pinv_matrix(small, large)`, the least-squares inverse of the bicubic upsampling,
-    by Newton-Schulz iterations `X <- 2X - X U X` from `X = U^T / (|U|_1 |U|_inf)` (they converge
-    to the pseudo-inverse of any matrix, quadratically once close), in float64; float32 out."""
-    upsample = _resample_matrix64(small, large, like)
-    step = 1 / (upsample.abs().sum(0).max() * upsample.abs().sum(1).max())
-    inverse = upsample.t() * step
-    for _ in range(PINV_ITERATIONS):
-        inverse = 2 * inverse - inverse @ (upsample @ inverse)
-    return inverse.to(torch.float32)
-
-
-def middle_encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, middle: tuple, like: torch.Tensor):
-    """`model.encoding.middle_encoding` for a whole image, from tensor arithmetic."""
-    ratios = [_as_float64(middle[k], like) / (cell * _as_float64(hr_size[k], like)) for k in range(2)]
-    steps = [_as_float64(hr_size[k], like) / _as_float64(middle[k], like) for k in range(2)]
-    return _maps(kind, grid, ratios, [lambda index, k=k: index * cell * steps[k] for k in range(2)], like)
-
-
-def encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: tuple, like: torch.Tensor):
-    """`model.encoding.scale_encoding` for a whole image, from tensor arithmetic: (1, K, gh, gw)."""
-    ratios = [_as_float64(lr_size[k], like) / _as_float64(hr_size[k], like) for k in range(2)]
-    centres = [lambda index, k=k: (index + 0.5) * cell * ratios[k] - 0.5 for k in range(2)]
-    return _maps(kind, grid, ratios, centres, like)
-
-
-def _maps(kind: str, grid: tuple, ratios: list, positions: list, like: torch.Tensor) -> torch.Tensor:
-    """Ratio maps and the phases of `positions(index)` per axis, as `model.encoding._encoding`."""
-    rows, cols = grid
-    device = like.device
-    zeros = torch.zeros((1, 1, rows, cols), dtype=torch.float32, device=device)
-    if kind == "off":
-        return zeros.expand(1, 4, rows, cols)
-
-    def phase(count, axis):
-        u = positions[axis](torch.arange(count, dtype=torch.float64, device=device))
-        return u - torch.round(u)
-
-    delta_h = phase(rows, 0).to(torch.float32)[None, None, :, None] + zeros
-    delta_w = phase(cols, 1).to(torch.float32)[None, None, None, :] + zeros
-    maps = [ratios[0].to(torch.float32) + zeros, ratios[1].to(torch.float32) + zeros]
-    if kind == "pse":
-        maps += [delta_h, delta_w]
-    elif kind == "scale":
-        maps += [zeros, zeros]
-    elif kind == "sincos":
-        for delta in (delta_h, delta_w):
-            maps += [torch.sin(2 * math.pi * delta), torch.cos(2 * math.pi * delta)]
-    else:
-        raise ValueError(f"unknown encoding {kind!r}; expected one of {ENCODINGS}")
-    return torch.cat(maps, dim=1)
-
-
-class _Graph(nn.Module):
-    def __init__(self, model: IARN) -> None:
-        super().__init__()
-        self.model = model
-
-    def conds(self, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list[torch.Tensor]:
-        cfg = self.model.config
-        return [
-            encoding_graph(
-                cfg.encoding, (level_size(hr_size[0], k), level_size(hr_size[1], k)), 2**k, hr_size, lr_size, like
-            )
-            for k in range(1, cfg.levels + 1)
-        ]
-
-    def lattice(self, hr_size: tuple) -> tuple:
-        """The size of what the mode resamples the LR from (model/modes.py)."""
-        return tuple(self.model.mode.lattice(self.model.levels, n)[1] for n in hr_size)
-
-
-def _resize(x: torch.Tensor, size: tuple) -> torch.Tensor:
-    rows = resample_matrix_graph(x.shape[-2], size[0], x)
-    cols = resample_matrix_graph(x.shape[-1], size[1], x)
-    return torch.matmul(rows, torch.matmul(x, cols.t()))
-
-
-def _steps_graph(model: IARN, hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> list:
-    """[(k, selected)] for each x2 step count k a middle-image mode may take; `selected` is a
-    scalar bool tensor, true for the k that `Naive.steps` / `Middle.steps` would pick."""
-    if model.config.mode != "middle":
-        return [(1, None)]
-    fits = [
-        (2**k * _as_float64(lr_size[0], like) >= _as_float64(hr_size[0], like))
-        & (2**k * _as_float64(lr_size[1], like) >= _as_float64(hr_size[1], like))
-        for k in range(1, model.levels)
-    ]
-    choices = []
-    for k in range(1, model.levels + 1):
-        earlier = [~fit for fit in fits[: k - 1]]
-        now = fits[k - 1] if k < model.levels else None
-        terms = earlier + ([now] if now is not None else [])
-        selected = terms[0] if terms else None
-        for term in terms[1:]:
-            selected = selected & term
-        choices.append((k, selected))
-    return choices
-
-
-def _select(choices: list) -> torch.Tensor:
-    """The output of the selected choice of [(output, selected)]: one tensor, no branching."""
-    out = choices[-1][0]
-    for value, selected in reversed(choices[:-1]):
-        out = torch.where(selected, value, out)
-    return out
-
-
-class _MiddleGraph(_Graph):
-    """The middle-image modes' steps (model/modes.py `Naive`, `Middle`) for whole images."""
-
-    def condition(self, level: int, grid: tuple, hr_size: tuple, middle: tuple, lr_size: tuple, like):
-        kind = self.model.config.encoding
-        if self.model.config.mode == "middle":
-            return middle_encoding_graph(kind, grid, 2**level, hr_size, middle, like)
-        return encoding_graph(kind, grid, 2**level, middle, lr_size, like)
-
-    def down(self, hr: torch.Tensor, lr_size: tuple, steps: int) -> torch.Tensor:
-        hr_size = (hr.shape[-2], hr.shape[-1])
-        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
-        y = _resize(hr, middle)
-        for level in range(1, steps + 1):
-            grid = (y.shape[-2] // 2, y.shape[-1] // 2)
-            cond = self.condition(level, grid, hr_size, middle, lr_size, hr)
-            stage = self.model.mode.stage_index(self.model.config, steps, level)
-            y = self.model.encode_step(y, stage, cond)[:, :3]
-        return y
-
-    def up(self, lr: torch.Tensor, hr_size: tuple, steps: int) -> torch.Tensor:
-        lr_size = (lr.shape[-2], lr.shape[-1])
-        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
-        y = lr
-        for level in range(steps, 0, -1):
-            cond = self.condition(level, (y.shape[-2], y.shape[-1]), hr_size, middle, lr_size, lr)
-            z = torch.zeros_like(y[:, :1]).expand(-1, 9, -1, -1)
-            stage = self.model.mode.stage_index(self.model.config, steps, level)
-            y = self.model.decode_step(torch.cat([y, z], dim=1), stage, cond, (2 * y.shape[-2], 2 * y.shape[-1]))
-        matrices = []
-        for k in range(2):
-            bicubic = resample_matrix_graph(middle[k], hr_size[k], lr)
-            if self.model.config.back != "exact":
-                matrices.append(bicubic)
-                continue
-            exact = _as_float64(middle[k], lr) >= _as_float64(hr_size[k], lr)
-            matrices.append(torch.where(exact, pinv_matrix_graph(hr_size[k], middle[k], lr), bicubic))
-        return torch.matmul(matrices[0], torch.matmul(y, matrices[1].t()))
-
-
-def _keeps_an_axis(hr_size: tuple, lr_size: tuple, like: torch.Tensor) -> torch.Tensor:
-    """`modes.keeps_an_axis` as a scalar bool tensor: where the graphs resample instead."""
-    same = [_as_float64(hr_size[k], like) == _as_float64(lr_size[k], like) for k in range(2)]
-    return same[0] | same[1]
 
 
 def _guarded(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
@@ -247,34 +59,34 @@ def _guarded(out: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     return torch.where(wrong, torch.full_like(out, float("nan")), out)
 
 
-class DownscaleGraph(_MiddleGraph):
-    """(hr, lr_shape) -> lr: `Rescaler.downscale` of a whole image, geometry computed in the graph."""
+class DownscaleGraph(nn.Module):
+    """(hr, lr_shape) -> lr: `Rescaler.downscale` of a whole image (the mode's `down_graph`, or
+    `RESAMPLE`'s where an axis keeps its size), rounded to 8 bits."""
+
+    def __init__(self, model: IARN) -> None:
+        super().__init__()
+        self.model = model
 
     def forward(self, hr: torch.Tensor, lr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr.shape[-2], hr.shape[-1]), (lr_shape.shape[0], lr_shape.shape[1])
-        if self.model.config.mode in ("naive", "middle"):
-            choices = _steps_graph(self.model, hr_size, lr_size, hr)
-            lr = _select([(self.down(hr, lr_size, k), selected) for k, selected in choices])
-        else:
-            grid = self.model.core_forward(hr, self.conds(hr_size, lr_size, hr))
-            source, _ = self.model.mode.lr_source(grid, self.model.levels, hr_size)
-            lr = _resize(source, lr_size)
-        lr = torch.where(_keeps_an_axis(hr_size, lr_size, hr), _resize(hr, lr_size), lr)
+        lr = self.model.mode.down_graph(self.model, hr, lr_size)
+        kept = RESAMPLE.down_graph(self.model, hr, lr_size)
+        lr = torch.where(keeps_an_axis_graph(hr_size, lr_size, hr), kept, lr)
         return _guarded(torch.round(lr.clamp(0, 1) * 255) / 255, hr)
 
 
-class UpscaleGraph(_MiddleGraph):
-    """(lr, hr_shape) -> hr: `Rescaler.upscale` of a whole image with z = 0."""
+class UpscaleGraph(nn.Module):
+    """(lr, hr_shape) -> hr: `Rescaler.upscale` of a whole image with z = 0, clamped."""
+
+    def __init__(self, model: IARN) -> None:
+        super().__init__()
+        self.model = model
 
     def forward(self, lr: torch.Tensor, hr_shape: torch.Tensor) -> torch.Tensor:
         hr_size, lr_size = (hr_shape.shape[0], hr_shape.shape[1]), (lr.shape[-2], lr.shape[-1])
-        if self.model.config.mode in ("naive", "middle"):
-            choices = _steps_graph(self.model, hr_size, lr_size, lr)
-            hr = _select([(self.up(lr, hr_size, k), selected) for k, selected in choices])
-        else:
-            grid = self.model.mode.grid_from_source(_resize(lr, self.lattice(hr_size)), self.model.levels)
-            hr = self.model.core_inverse(grid, self.conds(hr_size, lr_size, lr), hr_size)
-        hr = torch.where(_keeps_an_axis(hr_size, lr_size, lr), _resize(lr, hr_size), hr)
+        hr = self.model.mode.up_graph(self.model, lr, hr_size)
+        kept = RESAMPLE.up_graph(self.model, lr, hr_size)
+        hr = torch.where(keeps_an_axis_graph(hr_size, lr_size, lr), kept, hr)
         return _guarded(hr.clamp(0, 1), lr)
 
 
@@ -354,7 +166,7 @@ class OnnxRescaler:
             onnxruntime.InferenceSession(str(path), providers=providers) for path in (downscale_path, upscale_path)
         )
         stored = self.down.get_modelmeta().custom_metadata_map.get(CONFIG_KEY)
-        self.config = ModelConfig.from_dict(json.loads(stored)) if stored else None
+        self.config = ModelConfig.from_stored(json.loads(stored)) if stored else None
         self.max_scale = self.config.max_scale if self.config else ModelConfig().max_scale
 
     def downscale(self, hr, size: tuple[int, int] | None = None, scale=None):

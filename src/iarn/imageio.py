@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin
 
+from .containers import png_bit_depth, png_image_data_ends_early, webp_is_lossy
 from .files import PNG_LEVEL, TargetExists, atomic_write
 
 HR_SIZE_KEY = "iarn:hr_size"
@@ -42,7 +43,6 @@ MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.we
 REFINE_KEY = "iarn:refine"  # the refinement steps that chose the LR (0: the network's own LR)
 GRAY_KEY = "iarn:grayscale"  # "1": the LR of a grayscale photo (written in colour, restored as grayscale)
 PIXELS_KEY = "iarn:crc32"  # CRC-32 of the LR's pixels as written: a lossy re-encoding changes them
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(ValueError):
@@ -80,57 +80,6 @@ def _bomb_limit(allow_huge: bool):
         yield
     finally:
         Image.MAX_IMAGE_PIXELS = saved
-
-
-def _png_bit_depth(path: Path) -> int | None:
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) == 26 and head.startswith(_PNG_SIGNATURE) and head[12:16] == b"IHDR":
-        return head[24]
-    return None
-
-
-PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
-ADAM7 = ((0, 0, 8, 8), (0, 4, 8, 8), (4, 0, 8, 4), (0, 2, 4, 4), (2, 0, 4, 2), (0, 1, 2, 2), (1, 0, 2, 1))
-
-
-def _png_image_data_ends_early(path: Path) -> bool:
-    """Whether a PNG's image data (its IDAT stream) is cut short or holds fewer bytes than its
-    header's size needs: Pillow fills the missing rows with black without a word. False for
-    anything that is not a PNG with a readable header (Pillow judges those)."""
-    with open(path, "rb") as f:
-        if f.read(8) != _PNG_SIGNATURE:
-            return False
-        inflate, produced, header = zlib.decompressobj(), 0, None
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                break
-            length, kind = struct.unpack(">I4s", head)
-            data = f.read(length)
-            f.read(4)  # CRC: Pillow checks it
-            if kind == b"IHDR" and len(data) >= 13:
-                header = struct.unpack(">IIBBBBB", data[:13])
-            elif kind == b"IDAT":
-                try:
-                    produced += len(inflate.decompress(data, 1 << 20))
-                    while inflate.unconsumed_tail:
-                        produced += len(inflate.decompress(inflate.unconsumed_tail, 1 << 20))
-                except zlib.error:
-                    return True
-            elif kind == b"IEND":
-                break
-    if header is None:
-        return False
-    width, height, depth, colour, _, _, interlace = header
-    bits = depth * PNG_CHANNELS.get(colour, 1)
-    passes = ADAM7 if interlace else ((0, 0, 1, 1),)
-    need = 0
-    for row0, col0, row_step, col_step in passes:
-        rows, cols = -(-(height - row0) // row_step), -(-(width - col0) // col_step)
-        if rows > 0 and cols > 0:
-            need += rows * (1 + -(-cols * bits // 8))
-    return produced < need or not inflate.eof
 
 
 def _parse_hr_size(text: str | None) -> tuple[int, int] | None:
@@ -206,21 +155,6 @@ def _lossy_reason(image: Image.Image) -> str | None:
     return None
 
 
-def _webp_is_lossy(path: Path) -> bool:
-    """Whether a WebP file holds a lossy (VP8) bitstream rather than a lossless (VP8L) one."""
-    with open(path, "rb") as f:
-        if f.read(4) != b"RIFF" or f.read(8)[4:] != b"WEBP":
-            return False
-        while True:
-            head = f.read(8)
-            if len(head) < 8:
-                return False
-            kind, length = head[:4], struct.unpack("<I", head[4:])[0]
-            if kind in (b"VP8 ", b"VP8L"):
-                return kind == b"VP8 "
-            f.seek(length + (length & 1), os.SEEK_CUR)
-
-
 def picture_from_array(array: np.ndarray) -> Picture:
     """(H, W), (H, W, 3) or (H, W, 4) uint8 -> Picture."""
     if array.dtype != np.uint8:
@@ -243,9 +177,9 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
     try:
         if path.stat().st_size == 0:
             raise ImageError(f"{path}: empty file, not an image")
-        if _png_bit_depth(path) == 16:
+        if png_bit_depth(path) == 16:
             raise ImageError(f"{path}: 16-bit PNG is not supported; convert it to 8-bit first")
-        if _png_image_data_ends_early(path):
+        if png_image_data_ends_early(path):
             raise ImageError(f"{path}: truncated or corrupt image (its image data ends before its last row)")
     except PermissionError:
         raise ImageError(f"{path}: cannot read it (permission denied)") from None
@@ -258,7 +192,7 @@ def read_picture(path: str | os.PathLike, allow_huge: bool = False) -> Picture:
                 _check_decodable(image)
                 image.load()
                 picture = picture_from_pil(image)
-                if image.format == "WEBP" and picture.lossy is None and _webp_is_lossy(path):
+                if image.format == "WEBP" and picture.lossy is None and webp_is_lossy(path):
                     picture = replace(picture, lossy="it is a lossy WebP")
                 return picture
     except ImageError as error:

@@ -114,6 +114,39 @@ def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return apply_matrices(x, rows, cols)
 
 
+# -- graph twins (export.py): the same matrices from tensor arithmetic on symbolic sizes --------
+
+
+def as_float64(size, like: torch.Tensor) -> torch.Tensor:
+    """A scalar float64 tensor holding a (possibly symbolic, in a traced graph) size."""
+    return torch.ones((), dtype=torch.float64, device=like.device) * size
+
+
+def resample_matrix_graph(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
+    """`resample_matrix(in_size, out_size)` from tensor arithmetic alone (dense: every weight
+    outside the kernel's support is 0), float32."""
+    return _resample_matrix64(in_size, out_size, like).to(torch.float32)
+
+
+def _resample_matrix64(in_size, out_size, like: torch.Tensor) -> torch.Tensor:
+    scale = as_float64(in_size, like) / as_float64(out_size, like)
+    support = torch.where(scale >= 1, 2 * scale, torch.full_like(scale, 2.0))
+    inverse = torch.where(scale >= 1, 1 / scale, torch.ones_like(scale))
+    center = scale * (torch.arange(out_size, dtype=torch.float64, device=like.device) + 0.5)
+    index = torch.arange(in_size, dtype=torch.float64, device=like.device)
+    offset = index[None, :] - center[:, None] + 0.5
+    weights = torch.where(offset.abs() < support, _cubic(offset * inverse), torch.zeros_like(offset))
+    total = weights.sum(dim=1, keepdim=True)
+    return weights / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def resize_graph(x: torch.Tensor, size: tuple) -> torch.Tensor:
+    """`resize` for a graph: (B, C, H, W) -> (B, C, h, w), sizes possibly symbolic."""
+    return apply_matrices(
+        x, resample_matrix_graph(x.shape[-2], size[0], x), resample_matrix_graph(x.shape[-1], size[1], x)
+    )
+
+
 # -- the exact inverse of an upsampling ---------------------------------------------------------
 #
 # An upsampling by the reference bicubic (out >= in) is an (out, in) matrix U of full column rank,
@@ -207,3 +240,18 @@ def _cached_pinv(small, large, out_range, in_range, dtype, device) -> torch.Tens
     matrix = _band_to_dense(starts[o0:o1], weights[o0:o1], in_range)
     with torch.inference_mode(False):
         return matrix.to(dtype=dtype, device=device)
+
+
+PINV_ITERATIONS = 16  # Newton-Schulz steps: enough for cond(U) up to about 20 (the worst is ~15)
+
+
+def pinv_matrix_graph(small, large, like: torch.Tensor) -> torch.Tensor:
+    """`pinv_matrix(small, large)` for a graph: by Newton-Schulz iterations `X <- 2X - X U X`
+    from `X = U^T / (|U|_1 |U|_inf)` (they converge to the pseudo-inverse of any matrix,
+    quadratically once close), in float64; float32 out."""
+    upsample = _resample_matrix64(small, large, like)
+    step = 1 / (upsample.abs().sum(0).max() * upsample.abs().sum(1).max())
+    inverse = upsample.t() * step
+    for _ in range(PINV_ITERATIONS):
+        inverse = 2 * inverse - inverse @ (upsample @ inverse)
+    return inverse.to(torch.float32)

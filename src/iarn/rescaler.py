@@ -54,6 +54,7 @@ class Rescaler:
         self.model_id: str | None = None  # NAME@HASH of the weight file (`load` sets it)
         self.path: str | None = None  # the weight file (`load` sets it)
         self.correct = True  # downscale through the network's LR corrector, where it has one
+        self.corrector_passes: int | None = None  # its passes (None: as many as it was trained with)
         self._fp32: IARN | None = None  # fp32_network's copy
 
     @property
@@ -150,8 +151,8 @@ class Rescaler:
         hr_size = (x.shape[-2], x.shape[-1])
         if self.whole_image(hr_size, tile, lr_size):
             x = as_float(x, self.network.state_dtype)
-            return self.network.down_region(x, hr_size, lr_size, correct=self.correct)[0]
-        return tiled_downscale(self.network, x, lr_size, tile, correct=self.correct)
+            return self.network.down_region(x, hr_size, lr_size, correct=self.correct, passes=self.corrector_passes)[0]
+        return tiled_downscale(self.network, x, lr_size, tile, correct=self.correct, passes=self.corrector_passes)
 
     @torch.inference_mode()
     def upscale_pixels(

@@ -101,6 +101,7 @@ def tiled_downscale(
     context: int = CONTEXT,
     overlap: int = OVERLAP,
     correct: bool = False,
+    passes: int | None = None,
 ) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] or uint8 -> unquantised LR (B, 3, h, w), float, in tiles
     with cores of about `tile` (default DEFAULT_TILE) HR pixels a side; `correct` as in
@@ -115,7 +116,7 @@ def tiled_downscale(
         crop_rows = geometry.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
         crop_cols = geometry.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
-        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols, correct)
+        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols, correct, passes)
         return lr
 
     out = torch.zeros(x.shape[0], 3, *lr_size, dtype=dtype, device=x.device)

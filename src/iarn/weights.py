@@ -90,7 +90,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
             f"this iarn reads version {FORMAT_VERSION}"
         )
     try:
-        config = ModelConfig.from_dict(json.loads(metadata["config"]))
+        config = ModelConfig.from_stored(json.loads(metadata["config"]))
         corrector = metadata.get("corrector")
         corrector = CorrectorConfig.from_dict(json.loads(corrector)) if corrector is not None else None
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as error:

@@ -165,8 +165,8 @@ def effort_help() -> str:
 
     return (
         "how much to spend choosing the LR: 0 = the network's forward pass; 1 = and its learned "
-        "corrector (about the network's time again); 2, 3, 4, 5, 6 = and 2, 5, 10, 30, 100 "
-        "refinement steps (each about 3x the network's time; +0.3 to +3 dB). "
+        "corrector (about twice the network's time); 2 = the corrector in 4 passes (about 4x); "
+        "3, 4, 5, 6 = and 5, 10, 30, 100 refinement steps (each about 3x the network's time; up to +2 dB). "
         f"Default {CPU_EFFORT} on a CPU, {GPU_EFFORT} on a CUDA GPU"
     )
 
@@ -198,13 +198,13 @@ def effort_flags(parser: argparse.ArgumentParser, default: int | None) -> None:
 def refine_config(args, model):
     """The RefineConfig of `--effort`, `--refine` and the `--refine-*` flags; switches `model`'s
     corrector on or off as the effort says."""
-    from ..effort import plan
+    from ..effort import plan, set_corrector
     from ..refine import RefineConfig
 
     if model is None:  # evaluate --bicubic-only
         return RefineConfig(steps=0)
     chosen = plan(args.effort, args.refine, model.device)
-    model.correct = chosen.corrector
+    set_corrector(model, chosen)
     return RefineConfig(steps=chosen.refine, lr_psnr_min=args.refine_lr_psnr, loss=args.refine_loss)
 
 

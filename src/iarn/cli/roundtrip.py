@@ -74,7 +74,8 @@ def run_roundtrip(args) -> int:
     print(
         f"{path.name}: {hr.shape[1]}x{hr.shape[0]} -> {lr_size[1]}x{lr_size[0]} (scale {scale[0]:.3g} x {scale[1]:.3g})"
     )
-    spent = f" (effort: corrector {'on' if model.correct else 'off'}, {refine.steps} refinement steps)"
+    passes = f" in {model.corrector_passes} passes" if model.correct and model.corrector_passes else ""
+    spent = f" (effort: corrector {'on' if model.correct else 'off'}{passes}, {refine.steps} refinement steps)"
     print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{spent}")
     print(f"  bicubic round trip PSNR-Y {bicubic:6.2f} dB   (iarn {ours - bicubic:+.2f} dB)")
     print(f"  iarn LR against bicubic LR PSNR-Y {lr_fidelity:.2f} dB")

@@ -26,7 +26,7 @@ def add_parsers(commands, train_flags: bool) -> None:
 
 def train_arguments(parser: argparse.ArgumentParser) -> None:
     from ..model import ModelConfig
-    from ..train import SHIPPED_MODEL, TrainConfig
+    from ..train_config import TrainConfig
 
     parser.add_argument("--config", metavar="FILE", help="YAML or JSON with TrainConfig fields (flags override)")
     parser.add_argument("--resume", metavar="auto|PATH", help="continue a run: auto = OUT/checkpoint.pt if present")
@@ -46,7 +46,6 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         for f in dataclasses.fields(cls):
             if f.name == "model":
                 continue
-            shown = getattr(SHIPPED_MODEL, f.name) if cls is ModelConfig else f.default
             flag = "--" + f.name.replace("_", "-")
             if f.name == "data":
                 parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
@@ -54,12 +53,14 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
                 parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
             else:
                 kind = {"int": int, "float": finite_float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=None, help=f"(default {shown})")
+                parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
 
 
 def run(args) -> int:
     from ..model import ModelConfig
-    from ..train import TrainConfig, merge_config, read_config_file, resolve_resume, resume_config, train
+    from ..train import train
+    from ..train_config import TrainConfig, merge_config, read_config_file, resume_config
+    from ..train_runtime import resolve_resume
 
     given: dict = {}
     for f in dataclasses.fields(TrainConfig):
@@ -101,7 +102,7 @@ def check_init_from(path: str, asked: dict) -> None:
     metadata = read_metadata(resolve_weights(path))
     if "config" not in metadata:
         return  # not an iarn weight file: loading it says so
-    weights = ModelConfig.from_dict(json.loads(metadata["config"]))
+    weights = ModelConfig.from_stored(json.loads(metadata["config"]))
     differ = {k: v for k, v in asked.items() if getattr(weights, k) != v}
     conflicts = [f"{k} {v!r} (the weights: {getattr(weights, k)!r})" for k, v in differ.items()]
     if conflicts:
@@ -145,7 +146,7 @@ def corrector_arguments(parser: argparse.ArgumentParser) -> None:
 def run_corrector(args) -> int:
     from ..corrector_train import CorrectorTrainConfig, train_corrector
     from ..model.corrector import CorrectorConfig
-    from ..train import read_config_file
+    from ..train_config import read_config_file
 
     values = read_config_file(args.config) if args.config else {}
     corrector = dict(values.pop("corrector", None) or {})

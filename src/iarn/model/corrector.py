@@ -12,14 +12,23 @@ middle image, so nothing of the HR is hidden from it, whatever the scale. Each s
 its own first convolution (the channel counts differ); the rest is shared. Its last convolution
 starts at zero: a fresh corrector changes nothing.
 
-Shapes: lr (B, 3, h, w); features (B, feature_channels(k), h, w); output (B, 3, h, w),
-unquantised (the runner rounds it and holds the LR bound, rescaler.py).
+With `passes` 2 or more it also looks at what its answer restores: the LR, rounded to 8 bits,
+goes up through the network's steps (z = 0, as the upscaler does) to the middle image; the
+middle image's error, Haar-transformed to the LR's grid (3 * 4^k channels), goes with that LR
+and the encoding into a second stack of convolutions (`feedback`, its last layer zero too),
+which corrects the LR again; the same stack once per pass after the first. A learned
+refinement step: one network pass more each, no gradient.
+
+Shapes: lr (B, 3, h, w); features (B, feature_channels(k), h, w) or (B,
+feedback_channels(k), h, w); output (B, 3, h, w), unquantised (the runner rounds it and holds
+the LR bound, rescaler.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +37,8 @@ from torch import nn
 
 from ..fields import check_number, from_known_fields
 
-CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4)}
+CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4), "passes": (1, 4)}
+LR_CHANNELS = 3
 GRID_CHANNELS = 12  # one x2 step: 3 LR channels and 9 of detail
 COND_CHANNELS = 4
 
@@ -37,13 +47,17 @@ COND_CHANNELS = 4
 class CorrectorConfig:
     """width: channels of the hidden convolutions; depth: 3x3 convolutions in all (first, hidden,
     last); steps: the largest x2 step count it serves (the model's `levels`); detail_gain: what
-    the dropped detail z is multiplied by on the way in (the network's latent loss keeps it about
-    ten times smaller than the HR's own detail, too small for a fresh convolution to see)."""
+    the dropped detail z (and the second pass's error) is multiplied by on the way in (the
+    network's latent loss keeps z about ten times smaller than the HR's own detail, too small
+    for a fresh convolution to see); passes: 1, or more with the feedback of what the previous
+    pass restores (a second stack of the same width and depth, the same one for every pass
+    after the first)."""
 
     width: int = 32
     depth: int = 4
     steps: int = 2
     detail_gain: float = 1.0
+    passes: int = 1
 
     def __post_init__(self) -> None:
         for name, (low, high) in CORRECTOR_BOUNDS.items():
@@ -64,6 +78,19 @@ def feature_channels(steps: int) -> int:
     return GRID_CHANNELS + earlier + COND_CHANNELS
 
 
+def feedback_channels(steps: int) -> int:
+    """Input channels of the second pass: the first LR, the middle image's error, the encoding."""
+    return LR_CHANNELS + 3 * 4**steps + COND_CHANNELS
+
+
+def feedback_features(
+    lr: torch.Tensor, error: torch.Tensor, cond: torch.Tensor, detail_gain: float = 1.0
+) -> torch.Tensor:
+    """(B, feedback_channels(k), h, w) from the first LR (B, 3, h, w), the middle image's error
+    Haar-transformed to its grid (B, 3 * 4^k, h, w) and the last step's encoding (1, 4, h, w)."""
+    return torch.cat([lr, detail_gain * error, cond.to(lr.dtype).expand(lr.shape[0], -1, -1, -1)], dim=1)
+
+
 def corrector_features(
     lr: torch.Tensor, details: list[torch.Tensor], cond: torch.Tensor, detail_gain: float = 1.0
 ) -> torch.Tensor:
@@ -77,17 +104,14 @@ def corrector_features(
     return torch.cat(parts, dim=1)
 
 
-class Corrector(nn.Module):
-    """(lr, features, steps) -> corrected LR, unquantised."""
+class ConvStack(nn.Module):
+    """(lr, features, steps) -> lr + a correction: `depth` 3x3 convolutions, the first per step
+    count (`in_channels(k)` inputs), the last zero at the start."""
 
-    def __init__(self, config: CorrectorConfig | None = None) -> None:
+    def __init__(self, in_channels: Callable[[int], int], steps: int, width: int, depth: int) -> None:
         super().__init__()
-        self.config = config or CorrectorConfig()
-        width = self.config.width
-        self.first = nn.ModuleList(
-            nn.Conv2d(feature_channels(k), width, 3, padding=1) for k in range(1, self.config.steps + 1)
-        )
-        self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(self.config.depth - 2))
+        self.first = nn.ModuleList(nn.Conv2d(in_channels(k), width, 3, padding=1) for k in range(1, steps + 1))
+        self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 2))
         self.last = nn.Conv2d(width, 3, 3, padding=1)
         self.act = nn.LeakyReLU(0.2)
         if not self.last.weight.is_meta:
@@ -101,10 +125,30 @@ class Corrector(nn.Module):
             h = self.act(conv(h))
         return lr + self.last(h).to(lr.dtype)
 
+
+class Corrector(ConvStack):
+    """(lr, features, steps) -> corrected LR, unquantised; `feedback` (passes 2 or more): each
+    later pass, (previous LR, feedback features, steps) -> LR."""
+
+    def __init__(self, config: CorrectorConfig | None = None) -> None:
+        config = config or CorrectorConfig()
+        super().__init__(feature_channels, config.steps, config.width, config.depth)
+        self.config = config
+        more = config.passes > 1
+        self.feedback = ConvStack(feedback_channels, config.steps, config.width, config.depth) if more else None
+
     @property
     def receptive_radius(self) -> int:
-        """LR pixels on each side that one output pixel reads."""
+        """LR pixels on each side that one output pixel of the first pass reads."""
         return self.config.depth
 
 
-__all__ = ["Corrector", "CorrectorConfig", "corrector_features", "feature_channels"]
+__all__ = [
+    "ConvStack",
+    "Corrector",
+    "CorrectorConfig",
+    "corrector_features",
+    "feature_channels",
+    "feedback_channels",
+    "feedback_features",
+]

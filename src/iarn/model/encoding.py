@@ -5,7 +5,7 @@ For working-grid row `i` (each grid cell spans `cell` HR pixels) of an image res
 its phase against the LR grid is `delta = u - round(u)` in [-0.5, 0.5]. Columns likewise.
 The maps depend only on geometry, so down- and upscaling compute the same ones.
 
-`middle_encoding` is the `middle` mode's (model/modes.py): its grids are cut from the HR
+`middle_encoding` is the `middle` mode's (model/modes/): its grids are cut from the HR
 *upsampled* to a middle image, so a cell is placed against the HR pixel grid instead (its
 leading edge `e = i * cell * H / M`, `delta = e - round(e)`, which is 0 wherever the geometry is
 IRN's x2 or x4), and the ratio maps give the grid's size over the HR's, `M / (cell * H)`.
@@ -17,6 +17,8 @@ import math
 from functools import lru_cache
 
 import torch
+
+from ..resample import as_float64
 
 ENCODINGS = ("pse", "sincos", "scale", "off")
 
@@ -106,3 +108,47 @@ def _encoding(kind, grid_start, grid_size, cell, hr_size, lr_size, lattice="lr")
     else:
         raise ValueError(f"unknown encoding {kind!r}; expected one of {ENCODINGS}")
     return torch.stack([m.float() for m in maps])[None]
+
+
+# -- graph twins (export.py): whole-image maps from tensor arithmetic on symbolic sizes ----------
+
+
+def scale_encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, lr_size: tuple, like: torch.Tensor):
+    """`scale_encoding` of a whole image's grid for a graph: (1, K, gh, gw)."""
+    ratios = [as_float64(lr_size[k], like) / as_float64(hr_size[k], like) for k in range(2)]
+    centres = [lambda index, k=k: (index + 0.5) * cell * ratios[k] - 0.5 for k in range(2)]
+    return _maps_graph(kind, grid, ratios, centres, like)
+
+
+def middle_encoding_graph(kind: str, grid: tuple, cell: int, hr_size: tuple, middle: tuple, like: torch.Tensor):
+    """`middle_encoding` of a whole image's grid for a graph: (1, K, gh, gw)."""
+    ratios = [as_float64(middle[k], like) / (cell * as_float64(hr_size[k], like)) for k in range(2)]
+    steps = [as_float64(hr_size[k], like) / as_float64(middle[k], like) for k in range(2)]
+    return _maps_graph(kind, grid, ratios, [lambda index, k=k: index * cell * steps[k] for k in range(2)], like)
+
+
+def _maps_graph(kind: str, grid: tuple, ratios: list, positions: list, like: torch.Tensor) -> torch.Tensor:
+    """Ratio maps and the phases of `positions(index)` per axis, as `_encoding`."""
+    rows, cols = grid
+    device = like.device
+    zeros = torch.zeros((1, 1, rows, cols), dtype=torch.float32, device=device)
+    if kind == "off":
+        return zeros.expand(1, 4, rows, cols)
+
+    def phase(count, axis):
+        u = positions[axis](torch.arange(count, dtype=torch.float64, device=device))
+        return u - torch.round(u)
+
+    delta_h = phase(rows, 0).to(torch.float32)[None, None, :, None] + zeros
+    delta_w = phase(cols, 1).to(torch.float32)[None, None, None, :] + zeros
+    maps = [ratios[0].to(torch.float32) + zeros, ratios[1].to(torch.float32) + zeros]
+    if kind == "pse":
+        maps += [delta_h, delta_w]
+    elif kind == "scale":
+        maps += [zeros, zeros]
+    elif kind == "sincos":
+        for delta in (delta_h, delta_w):
+            maps += [torch.sin(2 * math.pi * delta), torch.cos(2 * math.pi * delta)]
+    else:
+        raise ValueError(f"unknown encoding {kind!r}; expected one of {ENCODINGS}")
+    return torch.cat(maps, dim=1)

@@ -45,7 +45,7 @@ STEP_STAGES = ("shared", "per-count")
 class ModelConfig:
     """Architecture of an IARN model; stored as JSON in every weight file.
 
-    mode: how the LR is formed (model/modes.py), `cycle` (invert the Haar, bicubic-resize the
+    mode: how the LR is formed (model/modes/), `cycle` (invert the Haar, bicubic-resize the
         full-resolution output) or `split` (resample only the first 3 channels of the working
         grid); `naive` is the comparison baseline (docs/ablation.md): bicubic-resize the HR to
         twice the LR size, a fixed x2 split model, bicubic back on the way up. Train it at
@@ -60,19 +60,23 @@ class ModelConfig:
         stages) or `per-count` (each k has its own k stages: levels (levels + 1) / 2 stages, so
         the x(1, 2] path is not pulled by the x(2, 4] one).
 
-    `middle` (the method's geometry, model/modes.py): the HR upsampled to 2^k times the LR
+    `middle` (the method's geometry, model/modes/): the HR upsampled to 2^k times the LR
     size, k x2 steps of 12 channels; it needs 2^levels >= max_scale (one stage per step).
+
+    The defaults are the architecture of the bundled `default` weights. A stored config (a
+    weight file's, a checkpoint's, a graph's) is read with `from_stored`: a field it lacks was
+    written under the first release's defaults (`FIRST_DEFAULTS`).
     """
 
-    mode: str = "cycle"
-    levels: int = 1
-    blocks_per_level: int = 10
-    growth: int = 32
+    mode: str = "middle"
+    levels: int = 2
+    blocks_per_level: int = 4
+    growth: int = 16
     clamp: float = 1.0
     encoding: str = "pse"
     max_scale: float = 4.0
     back: str = "exact"
-    step_stages: str = "shared"
+    step_stages: str = "per-count"
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, tuple(MODES))
@@ -91,7 +95,24 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> ModelConfig:
+        """The fields `values` names, the rest the defaults (a recipe's model)."""
         return from_known_fields(cls, values, "config")
+
+    @classmethod
+    def from_stored(cls, values: dict[str, Any]) -> ModelConfig:
+        """A config as stored in a file: the fields it lacks are the first release's defaults."""
+        return from_known_fields(cls, {**FIRST_DEFAULTS, **values}, "config")
+
+
+# ModelConfig's defaults until 2026-12-07 (the first release's `cycle` model, 1.6 M parameters):
+# what a stored config that lacks a field was written with; the mode and blocks were always stored.
+FIRST_DEFAULTS: dict[str, Any] = {
+    "mode": "cycle",
+    "levels": 1,
+    "blocks_per_level": 10,
+    "growth": 32,
+    "step_stages": "shared",
+}
 
 
 def quantize_8bit(x: torch.Tensor) -> torch.Tensor:
@@ -137,7 +158,7 @@ class IARN(nn.Module):
 
     @property
     def mode(self) -> Mode:
-        """How the LR is formed (model/modes.py)."""
+        """How the LR is formed (model/modes/)."""
         return MODES[self.config.mode]
 
     def geometry(self, hr_size: Size, lr_size: Size) -> Mode:
@@ -233,15 +254,18 @@ class IARN(nn.Module):
         lr_rows: Range | None = None,
         lr_cols: Range | None = None,
         correct: bool = False,
+        passes: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`;
-        `correct`: through the LR corrector, where the network has one (else the forward pass's).
+        `correct`: through the LR corrector, where the network has one (else the forward pass's),
+        in `passes` passes (None: as many as it was trained with).
 
         Returns the unquantized LR (B, 3, rows, cols) and the by-product the training loss
         needs (the mode's: `z` in `split` mode, the full-resolution image `x'` in `cycle` mode).
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
-        return self.geometry(hr_size, lr_size).down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct)
+        geometry = self.geometry(hr_size, lr_size)
+        return geometry.down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct, passes)
 
     def up_region(
         self,
@@ -260,4 +284,4 @@ class IARN(nn.Module):
         return self.geometry(hr_size, lr_size).up(self, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise)
 
 
-__all__ = ["IARN", "ModelConfig", "quantize_8bit"]
+__all__ = ["FIRST_DEFAULTS", "IARN", "ModelConfig", "quantize_8bit"]

@@ -1,0 +1,289 @@
+"""The modes on a middle image (`Naive`, the baseline; `Middle`, the method's geometry) and what
+they share (`MiddleImageMode`), the LR corrector's place among their steps included."""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+
+import torch
+
+from ...geometry import Size
+from ...resample import (
+    apply_matrices,
+    as_float64,
+    input_span,
+    pinv_matrix,
+    pinv_matrix_graph,
+    pinv_span,
+    resample_matrix,
+    resample_matrix_graph,
+    resize_graph,
+)
+from ..corrector import corrector_features, feedback_features
+from ..coupling import LR_CHANNELS
+from ..encoding import middle_encoding, middle_encoding_graph, scale_encoding_graph
+from ..haar import haar_forward_levels
+from .base import Core, Range, resample_crop
+from .grid import Split
+
+
+class MiddleImageMode(Split):
+    """What the modes on a middle image share (`Naive`, `Middle`): the HR resized by bicubic to
+    the *middle* image, 2^k times the LR size, k x2 core steps each passing its first 3 channels
+    on (the LR out of the last); on the way up the steps inverted, then the middle back to the HR
+    size: by the exact least-squares inverse along an axis where the middle is the larger (an
+    upsampling) and `back` is "exact", else bicubic. Regions: the middle rows a crop covers are
+    computed from the HR crop, so tiles work too. Subclasses say how many steps (`steps`) and
+    what each step is told of the scale (`condition`)."""
+
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        """x2 core steps from the middle image to the LR."""
+        raise NotImplementedError
+
+    def condition(
+        self, net: Core, level: int, grid_start: Size, grid: Size, hr_size: Size, middle: Size, lr_size: Size
+    ) -> torch.Tensor:
+        """The scale encoding of step `level`'s grid (cells of 2^level middle pixels)."""
+        raise NotImplementedError
+
+    def core_size(self, net: Core, hr_size: Size, lr_size: Size) -> Size:
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        return (factor * lr_size[0], factor * lr_size[1])
+
+    def back_is_exact(self, net: Core, hr_length: int, middle_length: int) -> bool:
+        """Whether the middle returns to the HR by the least-squares inverse along this axis."""
+        return net.config.back == "exact" and middle_length >= hr_length
+
+    def hr_span_for_lr(self, net, hr_size, lr_size, axis, out, context):
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        middle, context = factor * lr_size[axis], context * factor // 2
+        start, stop = max(0, factor * out[0] - context), min(middle, factor * out[1] + context)
+        return input_span(hr_size[axis], middle, start // factor * factor, -(-stop // factor) * factor)
+
+    def lr_span_for_hr(self, net, hr_size, lr_size, axis, rows, context):
+        factor = 2 ** self.steps(net, hr_size, lr_size)
+        middle, context = factor * lr_size[axis], context * factor // 2
+        if self.back_is_exact(net, hr_size[axis], middle):
+            start, stop = pinv_span(hr_size[axis], middle, *rows)
+        else:
+            start, stop = input_span(middle, hr_size[axis], *rows)  # middle rows the HR rows read
+        return max(0, (start - context) // factor), min(lr_size[axis], -(-(stop + context) // factor))
+
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False, passes=None):
+        steps = self.steps(net, hr_size, lr_size)
+        factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
+        rows, cols = (
+            _middle_span(
+                hr_size[k], middle[k], hr_start[k], hr_start[k] + x.shape[-2 + k], (lr_rows, lr_cols)[k], factor
+            )
+            for k in range(2)
+        )
+        y = middle_crop = resample_crop(x, hr_start, hr_size, middle, rows, cols)
+        details = []
+        for level in range(1, steps + 1):
+            start = (rows[0] >> level, cols[0] >> level)
+            grid_size = (y.shape[-2] // 2, y.shape[-1] // 2)
+            cond = self.condition(net, level, start, grid_size, hr_size, middle, lr_size)
+            stage = self.stage_index(net.config, steps, level)
+            y, z = self.lr_source(net.encode_step(y, stage, cond), 1, None)
+            details.append(z)
+        latents = [z.flatten(1) for z in details]
+        top, left = rows[0] // factor, cols[0] // factor
+        if correct and net.corrector is not None:  # on the crop's whole LR: its context absorbs the borders
+            y = self.correct(net, y, details, cond, middle_crop, (top, left), hr_size, lr_size, passes)
+        y = y[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
+        return y, torch.cat(latents, dim=1)
+
+    def correct(self, net, lr, details, cond, middle_crop, lr_start, hr_size, lr_size, passes=None):
+        """The corrector's LR for the crop's whole LR `lr` (each pass after the first: with the
+        error of the middle image that the previous pass's 8-bit LR restores, no gradient through
+        that error); `passes` None: as many as the corrector was trained with; more reuse its
+        feedback stack."""
+        corrector, steps = net.corrector, len(details)
+        gain = corrector.config.detail_gain
+        lr = corrector(lr, corrector_features(lr, details, cond, gain), steps)
+        passes = corrector.config.passes if passes is None else passes
+        if corrector.feedback is None:
+            passes = 1
+        for _ in range(passes - 1):  # the same feedback stack each time
+            with torch.no_grad():
+                rounded = torch.round(lr.clamp(0, 1) * 255) / 255
+                error = middle_crop - self.middle_from_lr(net, rounded, hr_size, lr_size, lr_start, None)
+                features = feedback_features(lr, haar_forward_levels(error, steps), cond, gain)
+            lr = corrector.feedback(lr, features, steps)
+        return lr
+
+    def middle_from_lr(self, net, lr, hr_size, lr_size, lr_start, noise):
+        """The middle image's crop that the LR crop `lr` at `lr_start` restores (the steps inverted)."""
+        steps, middle = self.steps(net, hr_size, lr_size), self.core_size(net, hr_size, lr_size)
+        y = lr
+        for level in range(steps, 0, -1):
+            start = (lr_start[0] << (steps - level), lr_start[1] << (steps - level))
+            size = (2 * y.shape[-2], 2 * y.shape[-1])
+            cond = self.condition(net, level, start, tuple(y.shape[-2:]), hr_size, middle, lr_size)
+            stage = self.stage_index(net.config, steps, level)
+            y = net.decode_step(self.grid_from_source(y, 1, noise), stage, cond, size)
+        return y
+
+    def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
+        steps = self.steps(net, hr_size, lr_size)
+        factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
+        y = self.middle_from_lr(net, lr, hr_size, lr_size, lr_start, noise)
+        start = (factor * lr_start[0], factor * lr_start[1])
+        matrices = [
+            (pinv_matrix if self.back_is_exact(net, hr_size[k], middle[k]) else _bicubic_matrix)(
+                hr_size[k], middle[k], (hr_rows, hr_cols)[k], (start[k], start[k] + y.shape[-2 + k]), y.dtype, y.device
+            )
+            for k in range(2)
+        ]
+        return apply_matrices(y, *matrices)
+
+    # -- whole images for an exported graph (Mode.down_graph): every step count computed, the
+    # one the sizes ask for selected (a graph cannot branch on sizes)
+
+    def step_choices_graph(self, net: Core, hr_size: Size, lr_size: Size, like: torch.Tensor) -> list:
+        """[(k, selected)] for each step count k the sizes may ask for: `selected` a scalar bool
+        tensor, true for the k that `steps` picks (None: the only choice)."""
+        return [(1, None)]
+
+    def condition_graph(self, net, level, grid, hr_size, middle, lr_size, like) -> torch.Tensor:
+        """`condition` of step `level`'s whole grid, for a graph."""
+        raise NotImplementedError
+
+    def down_graph(self, net, hr, lr_size):
+        hr_size = (hr.shape[-2], hr.shape[-1])
+        choices = self.step_choices_graph(net, hr_size, lr_size, hr)
+        return _select([(self._down_steps_graph(net, hr, lr_size, k), selected) for k, selected in choices])
+
+    def up_graph(self, net, lr, hr_size):
+        lr_size = (lr.shape[-2], lr.shape[-1])
+        choices = self.step_choices_graph(net, hr_size, lr_size, lr)
+        return _select([(self._up_steps_graph(net, lr, hr_size, k), selected) for k, selected in choices])
+
+    def _down_steps_graph(self, net, hr, lr_size, steps: int) -> torch.Tensor:
+        hr_size = (hr.shape[-2], hr.shape[-1])
+        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
+        y = resize_graph(hr, middle)
+        for level in range(1, steps + 1):
+            grid = (y.shape[-2] // 2, y.shape[-1] // 2)
+            cond = self.condition_graph(net, level, grid, hr_size, middle, lr_size, hr)
+            y = net.encode_step(y, self.stage_index(net.config, steps, level), cond)[:, :LR_CHANNELS]
+        return y
+
+    def _up_steps_graph(self, net, lr, hr_size, steps: int) -> torch.Tensor:
+        lr_size = (lr.shape[-2], lr.shape[-1])
+        middle = (2**steps * lr_size[0], 2**steps * lr_size[1])
+        y = lr
+        for level in range(steps, 0, -1):
+            cond = self.condition_graph(net, level, (y.shape[-2], y.shape[-1]), hr_size, middle, lr_size, lr)
+            stage = self.stage_index(net.config, steps, level)
+            y = net.decode_step(self.grid_from_source(y, 1), stage, cond, (2 * y.shape[-2], 2 * y.shape[-1]))
+        matrices = []
+        for k in range(2):
+            bicubic = resample_matrix_graph(middle[k], hr_size[k], lr)
+            if net.config.back != "exact":
+                matrices.append(bicubic)
+                continue
+            exact = as_float64(middle[k], lr) >= as_float64(hr_size[k], lr)
+            matrices.append(torch.where(exact, pinv_matrix_graph(hr_size[k], middle[k], lr), bicubic))
+        return apply_matrices(y, *matrices)
+
+
+def _select(choices: list) -> torch.Tensor:
+    """The output of the selected choice of [(output, selected)]: one tensor, no branching."""
+    out = choices[-1][0]
+    for value, selected in reversed(choices[:-1]):
+        out = torch.where(selected, value, out)
+    return out
+
+
+class Naive(MiddleImageMode):
+    """The comparison baseline (docs/ablation.md): the middle image is twice the LR size (the
+    HR downscaled by bicubic above x2), one fixed x2 split step on it, whose grid is the LR's
+    size. Trained at scale 2 only, it is told nothing of the scale (its encoding describes the
+    fixed middle -> LR x2 step)."""
+
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        return 1
+
+    def condition(self, net, level, grid_start, grid, hr_size, middle, lr_size):
+        return net.conds_for(middle, lr_size, grid_start, grid, level)
+
+    def condition_graph(self, net, level, grid, hr_size, middle, lr_size, like):
+        return scale_encoding_graph(net.config.encoding, grid, 2**level, middle, lr_size, like)
+
+
+def _bicubic_matrix(hr_length, middle_length, out, in_range, dtype, device):
+    """The bicubic resampling matrix from the middle back to the HR (pinv_matrix's arguments)."""
+    return resample_matrix(middle_length, hr_length, out, in_range, dtype, device)
+
+
+class Middle(MiddleImageMode):
+    """The method's geometry (docs/design.md section 3): the HR *upsampled* by bicubic to the
+    middle image, 2^k times the LR size with k = ceil(log2 max(s_h, s_w)) (at least 1), so the
+    HR loses nothing on the way in; k x2 steps (a Haar level and the coupling blocks of stage k,
+    12 channels each), each passing its first 3 channels on and dropping the rest (z) to the
+    latent loss; the LR is the last step's first 3 channels, exactly (h, w). Up: z = 0 (or
+    sampled) at every step, the steps inverted, and the middle back to the HR by the exact
+    least-squares inverse of the upsampling (or bicubic with `back` "bicubic"). The encoding
+    tells each step the real geometry (`encoding.middle_encoding`). With `step_stages`
+    "per-count" each step count k has stages of its own (`stage_index`)."""
+
+    def steps(self, net: Core, hr_size: Size, lr_size: Size) -> int:
+        steps = 1  # at most one per stage: a rounded size can exceed max_scale (9 -> 2 rows at x4)
+        while steps < net.levels and (2**steps * lr_size[0] < hr_size[0] or 2**steps * lr_size[1] < hr_size[1]):
+            steps += 1
+        return steps
+
+    def stage_channels(self, level: int) -> int:
+        return 4 * LR_CHANNELS
+
+    def stage_levels(self, config) -> list[int]:
+        if config.step_stages == "shared":
+            return list(range(1, config.levels + 1))
+        return [level for steps in range(1, config.levels + 1) for level in range(1, steps + 1)]
+
+    def stage_index(self, config, steps: int, level: int) -> int:
+        if config.step_stages == "shared":
+            return level - 1
+        return steps * (steps - 1) // 2 + level - 1  # stages of k = 1, then of k = 2, ...
+
+    def condition(self, net, level, grid_start, grid, hr_size, middle, lr_size):
+        return middle_encoding(net.config.encoding, grid_start, grid, 2**level, hr_size, middle, net.device)
+
+    def condition_graph(self, net, level, grid, hr_size, middle, lr_size, like):
+        return middle_encoding_graph(net.config.encoding, grid, 2**level, hr_size, middle, like)
+
+    def step_choices_graph(self, net, hr_size, lr_size, like):
+        fits = [  # whether k steps reach the HR along both axes, for k below the model's levels
+            (2**k * as_float64(lr_size[0], like) >= as_float64(hr_size[0], like))
+            & (2**k * as_float64(lr_size[1], like) >= as_float64(hr_size[1], like))
+            for k in range(1, net.levels)
+        ]
+        choices = []
+        for k in range(1, net.levels + 1):  # the first k that fits, else the last
+            terms = [~fit for fit in fits[: k - 1]] + (fits[k - 1 : k] if k < net.levels else [])
+            selected = terms[0] if terms else None
+            for term in terms[1:]:
+                selected = selected & term
+            choices.append((k, selected))
+        return choices
+
+
+def _middle_span(
+    hr_length: int, middle: int, crop_start: int, crop_stop: int, lr_span: Range, factor: int = 2
+) -> Range:
+    """Middle rows [a, b), multiples of `factor`, whose bicubic support lies in the HR crop: the
+    most a crop can compute. ValueError when that misses LR rows `lr_span` (`factor` middle rows
+    each)."""
+
+    def support(row: int) -> Range:
+        return input_span(hr_length, middle, row, row + 1)
+
+    rows = range(middle)
+    first = 0 if crop_start == 0 else bisect_left(rows, crop_start, key=lambda r: support(r)[0])
+    stop = middle if crop_stop == hr_length else bisect_right(rows, crop_stop, key=lambda r: support(r)[1])
+    first, stop = -(-first // factor) * factor, stop // factor * factor
+    if not (first <= factor * lr_span[0] and factor * lr_span[1] <= stop):
+        raise ValueError(f"the crop [{crop_start}, {crop_stop}) does not cover LR rows {lr_span}")
+    return first, stop
