@@ -43,6 +43,7 @@ MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.we
 REFINE_KEY = "iarn:refine"  # the refinement steps that chose the LR (0: the network's own LR)
 GRAY_KEY = "iarn:grayscale"  # "1": the LR of a grayscale photo (written in colour, restored as grayscale)
 PIXELS_KEY = "iarn:crc32"  # CRC-32 of the LR's pixels as written: a lossy re-encoding changes them
+EXIF_DESCRIPTION = 0x010E  # JPEG and WebP LRs: the fields as "key=value;..." in EXIF's ImageDescription
 
 
 class ImageError(ValueError):
@@ -106,6 +107,25 @@ def _is_16_bit_png(image: Image.Image) -> bool:
     return "16" in str(getattr(getattr(image, "png", None), "im_rawmode", ""))
 
 
+def _recorded_fields(image: Image.Image) -> dict[str, str]:
+    """What iarn recorded in a file: a PNG's text chunks, or the fields in a JPEG's or WebP's
+    EXIF ImageDescription ("iarn:hr_size=WxH;iarn:model=..."); {} when none."""
+    if image.format == "PNG":
+        return {k: v for k, v in image.info.items() if isinstance(k, str) and k.startswith("iarn:")}
+    try:
+        text = image.getexif().get(EXIF_DESCRIPTION)
+    except Exception:  # a damaged EXIF block is no reason to refuse the pixels
+        return {}
+    if not isinstance(text, str) or not text.startswith("iarn:"):
+        return {}
+    pairs = (item.partition("=") for item in text.split(";"))
+    return {key: value for key, sep, value in pairs if sep and key.startswith("iarn:")}
+
+
+def _fields_text(fields: dict[str, str]) -> str:
+    return ";".join(f"{key}={value}" for key, value in fields.items())
+
+
 def picture_from_pil(image: Image.Image) -> Picture:
     """Apply the policy to an opened (and loaded) Pillow image."""
     if image.mode in ("I", "F") or image.mode.startswith("I;16") or _is_16_bit_png(image):
@@ -114,10 +134,11 @@ def picture_from_pil(image: Image.Image) -> Picture:
     if frames > 1:
         raise ImageError(f"animated image ({frames} frames): iarn rescales still images; save one frame first")
     icc = image.info.get("icc_profile") or None
-    hr_size = _parse_hr_size(image.info.get(HR_SIZE_KEY))
-    model_id = _parse_model_id(image.info.get(MODEL_KEY)) if hr_size is not None else None
-    gray_source = hr_size is not None and image.info.get(GRAY_KEY) == "1"
-    lossy = _lossy_reason(image)
+    fields = _recorded_fields(image)
+    hr_size = _parse_hr_size(fields.get(HR_SIZE_KEY))
+    model_id = _parse_model_id(fields.get(MODEL_KEY)) if hr_size is not None else None
+    gray_source = hr_size is not None and fields.get(GRAY_KEY) == "1"
+    lossy = _lossy_reason(image, fields.get(PIXELS_KEY))
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has no pixels")
@@ -142,13 +163,12 @@ def _pixels_crc(image: Image.Image) -> str:
     return f"{zlib.crc32(rgb.tobytes()):08x}"
 
 
-def _lossy_reason(image: Image.Image) -> str | None:
+def _lossy_reason(image: Image.Image, recorded: str | None) -> str | None:
     """Why an opened image's pixels are not the ones iarn wrote, when it can tell: a JPEG, a
-    lossy WebP, or an LR PNG whose recorded checksum no longer matches its colour (re-encoded
-    lossily, or edited)."""
+    lossy WebP, or an LR PNG or WebP whose `recorded` checksum no longer matches its colour
+    (re-encoded lossily, or edited)."""
     if image.format == "JPEG":
         return "it is a JPEG"
-    recorded = image.info.get(PIXELS_KEY)
     # files of earlier releases hold the CRC of the bytes in the file's own mode
     if isinstance(recorded, str) and recorded not in (_pixels_crc(image), f"{zlib.crc32(image.tobytes()):08x}"):
         return "its pixels are no longer those iarn wrote (re-encoded lossily, or edited)"
@@ -287,13 +307,16 @@ def write_picture(
     overwrite: bool = True,
     refine: int | None = None,
     provisional: bool = False,
+    quality: int | None = None,
 ) -> None:
     """Write atomically; `hr_size` (H, W), `model_id` (NAME@HASH of the weights that made an
     LR) and `refine` (its refinement steps) are recorded in PNG text chunks; `png_level` is
     zlib's level (0-9) for PNG. With `hr_size` the picture is an LR: written in colour even for
     a grayscale photo (module docstring).
     `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends.
-    `provisional`: see files.atomic_write (removed if the process is ended before files.settle)."""
+    `provisional`: see files.atomic_write (removed if the process is ended before files.settle).
+    `quality` (1-100): a JPEG's (default 95), or a lossy WebP's (default: lossless WebP). JPEG
+    and WebP LRs carry the same fields in their EXIF ImageDescription."""
     path = Path(path)
     image = to_pil(picture, lr=hr_size is not None)
     suffix = path.suffix.lower()
@@ -303,26 +326,35 @@ def write_picture(
     options: dict = {}
     if picture.icc_profile:
         options["icc_profile"] = picture.icc_profile
+    fields: dict[str, str] = {}
+    if hr_size is not None:
+        fields[HR_SIZE_KEY] = f"{hr_size[1]}x{hr_size[0]}"
+        if model_id is not None:
+            fields[MODEL_KEY] = model_id
+        if refine is not None:
+            fields[REFINE_KEY] = str(refine)
+        if picture.grayscale:
+            fields[GRAY_KEY] = "1"
+        lossless = image_format == "PNG" or image_format == "WEBP" and quality is None
+        if lossless:
+            fields[PIXELS_KEY] = _pixels_crc(image)
     if image_format == "PNG":
         info = PngImagePlugin.PngInfo()
-        if hr_size is not None:
-            info.add_text(HR_SIZE_KEY, f"{hr_size[1]}x{hr_size[0]}")
-        if model_id is not None:
-            info.add_text(MODEL_KEY, model_id)
-        if refine is not None:
-            info.add_text(REFINE_KEY, str(refine))
-        if hr_size is not None and picture.grayscale:
-            info.add_text(GRAY_KEY, "1")
-        if hr_size is not None:
-            info.add_text(PIXELS_KEY, _pixels_crc(image))
+        for key, value in fields.items():
+            info.add_text(key, value)
         options["pnginfo"] = info
         options["compress_level"] = png_level
-    elif suffix in (".jpg", ".jpeg"):
-        options["quality"] = 95
-        if image.mode in ("RGBA", "LA"):
+    elif image_format in ("JPEG", "WEBP"):
+        if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
             raise ImageError(f"{path}: JPEG cannot hold the alpha channel; write PNG or WebP")
-    elif suffix == ".webp":
-        options["lossless"] = True
+        if image_format == "JPEG" or quality is not None:
+            options["quality"] = quality or 95
+        else:
+            options["lossless"] = True
+        if fields:
+            exif = Image.Exif()
+            exif[EXIF_DESCRIPTION] = _fields_text(fields)
+            options["exif"] = exif.tobytes()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(

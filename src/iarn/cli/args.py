@@ -127,6 +127,22 @@ def effort_level(text: str) -> int:
     return whole_in_range(text, min(EFFORTS), max(EFFORTS), "an effort")
 
 
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # outputs --quality is for
+
+
+def quality_level(text: str) -> int:
+    return whole_in_range(text, 1, 100, "a JPEG or WebP quality")
+
+
+def check_quality(quality: int | None, targets) -> None:
+    """`--quality` only where every output is JPEG or WebP (a PNG has no quality: lossless)."""
+    if quality is None:
+        return
+    others = [target for target in targets if Path(target).suffix.lower() not in LOSSY_SUFFIXES]
+    if others:
+        raise CliError(f"--quality is for JPEG and WebP outputs, and {others[0]} is not one (PNG is lossless)")
+
+
 def zoom_factor(text: str) -> int:
     value = positive_int(text)
     if value > MAX_ZOOM:

@@ -6,7 +6,18 @@ import sys
 from pathlib import Path
 
 from ..files import PNG_LEVEL
-from .args import effort_flags, force_flag, load_model, model_flags, png_level_flag, refine_config, target_flags
+from .args import (
+    LOSSY_SUFFIXES,
+    check_quality,
+    effort_flags,
+    force_flag,
+    load_model,
+    model_flags,
+    png_level_flag,
+    quality_level,
+    refine_config,
+    target_flags,
+)
 from .batch import check_target, plan_jobs, run_batch, step_progress
 
 
@@ -18,6 +29,13 @@ def add_parser(commands) -> None:
     force_flag(down)
     effort_flags(down, None)
     png_level_flag(down, PNG_LEVEL)
+    down.add_argument(
+        "--quality",
+        type=quality_level,
+        metavar="1-100",
+        help="for a JPEG or WebP output (-o small.jpg): its quality (JPEG default 95; WebP default lossless). "
+        "The bundled model is trained for lossless LRs: a lossy one restores worse (docs/results.md)",
+    )
     model_flags(down)
 
 
@@ -27,6 +45,7 @@ def run(args) -> int:
     from ..imageio import read_picture, write_picture
 
     jobs = plan_jobs(args.inputs, args.output, ".png")
+    check_quality(args.quality, [target for _, target in jobs])
     model = load_model(args)
     if args.scale is not None:
         from ..geometry import check_scale
@@ -51,8 +70,17 @@ def run(args) -> int:
 
     def write(result, target: Path) -> None:
         lr, hr_size = result
-        if target.suffix.lower() != ".png":
-            print(f"iarn: note: {target} is not PNG: upscaling it will need --size and lose fidelity", file=sys.stderr)
+        suffix = target.suffix.lower()
+        lossy = suffix in (".jpg", ".jpeg") or suffix == ".webp" and args.quality is not None
+        if lossy:
+            print(
+                f"iarn: note: {target} is lossy: it keeps its size record, but the detail hidden in it is partly lost",
+                file=sys.stderr,
+            )
+        elif suffix not in LOSSY_SUFFIXES + (".png",):
+            print(
+                f"iarn: note: {target} is not PNG: upscaling it will need --size and may lose fidelity", file=sys.stderr
+            )
         write_picture(
             lr,
             target,
@@ -61,6 +89,7 @@ def run(args) -> int:
             model_id=model.model_id,
             overwrite=args.force,
             refine=refine.steps,
+            quality=args.quality,
         )
 
     return 1 if run_batch(jobs, read, compute, write) else 0
