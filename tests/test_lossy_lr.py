@@ -104,3 +104,55 @@ def test_quality_with_a_png_output_is_refused(tmp_path, photo_file, weights_file
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--quality is for JPEG and WebP" in err
     assert not (tmp_path / "lr.png").exists()
+
+
+def test_the_codec_batch_is_pillows_codec_with_a_straight_gradient():
+    import torch
+
+    from iarn.codec import through_codec, through_codec_batch
+
+    lr = (torch.rand(2, 3, 24, 40) * 255).round() / 255
+    lr.requires_grad_(True)
+    coded = through_codec_batch(lr, ("jpeg", 80))
+    for k in range(2):
+        image = (lr[k].detach().permute(1, 2, 0) * 255).round().byte().numpy()
+        expected = through_codec(np.ascontiguousarray(image), ("jpeg", 80))[0]
+        assert np.array_equal((coded[k].detach().permute(1, 2, 0) * 255).round().byte().numpy(), expected)
+    coded.sum().backward()
+    assert torch.equal(lr.grad, torch.ones_like(lr))
+
+
+def test_training_with_jpeg_in_the_loop(image_folder, tmp_path):
+    import json
+
+    from iarn.train import codec_quality, train
+    from iarn.train_config import TrainConfig
+
+    from .conftest import first_config
+
+    cfg = TrainConfig(
+        data=(str(image_folder),),
+        out=str(tmp_path / "run"),
+        model=first_config(mode="middle", levels=2, blocks_per_level=1, growth=4),
+        steps=3,
+        batch_size=2,
+        crop=32,
+        log_every=1,
+        codec="jpeg",
+        codec_quality_min=70,
+        codec_quality_max=90,
+        codec_share=0.5,
+    )
+    qualities = [codec_quality(cfg, step) for step in range(200)]
+    drawn = [q for q in qualities if q is not None]
+    assert 60 < len(drawn) < 140 and min(drawn) >= 70 and max(drawn) <= 90 and len(set(drawn)) > 10
+    assert qualities == [codec_quality(cfg, step) for step in range(200)]  # a function of (seed, step)
+    assert codec_quality(TrainConfig(), 5) is None
+    path = train(cfg, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in records)
+    assert path.exists()
+    with pytest.raises(ValueError, match="codec_quality_min <= codec_quality_max"):
+        TrainConfig(codec="jpeg", codec_quality_min=90, codec_quality_max=80)
+    with pytest.raises(ValueError, match="codec"):
+        TrainConfig(codec="gif")

@@ -9,7 +9,6 @@ z = 0 throughout. Grayscale images are replicated to RGB.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Callable
@@ -17,8 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from .codec import through_codec
 from .convert import to_tensor, to_uint8
 from .files import atomic_write, find_images
 from .geometry import size_for_scale
@@ -53,18 +52,6 @@ def parse_lr_format(text: str | None) -> tuple[str, int] | None:
     if kind not in LR_FORMATS or not quality.isdigit() or not 1 <= int(quality) <= 100:
         raise ValueError(f"LR format {text!r}: expected png, jpeg:Q or webp:Q with Q from 1 to 100")
     return kind, int(quality)
-
-
-def through_codec(lr: np.ndarray, lr_format: tuple[str, int] | None) -> tuple[np.ndarray, int | None]:
-    """An 8-bit LR (h, w, 3) as it comes back from `lr_format` (Pillow's JPEG, 4:2:0, or lossy
-    WebP at its quality; None: unchanged), and the bytes it took (None when unchanged)."""
-    if lr_format is None:
-        return lr, None
-    kind, quality = lr_format
-    buffer = io.BytesIO()
-    Image.fromarray(lr).save(buffer, format=kind.upper(), quality=quality)
-    with Image.open(io.BytesIO(buffer.getvalue())) as decoded:
-        return np.array(decoded.convert("RGB")), buffer.tell()
 
 
 def bicubic_roundtrip(

@@ -25,11 +25,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from .codec import through_codec_batch
 from .data import CropSampler, sample_scale, step_rng
 from .geometry import size_for_scale
 from .model import IARN, quantize_8bit
@@ -66,11 +68,14 @@ class RescaleLoss(nn.Module):
         self.cfg = cfg
 
     def forward(
-        self, hr: torch.Tensor, lr_size: tuple[int, int], lambda_lr: torch.Tensor | float
+        self, hr: torch.Tensor, lr_size: tuple[int, int], lambda_lr: torch.Tensor | float, quality: int | None = None
     ) -> dict[str, torch.Tensor]:
+        """The losses of a batch; `quality`: the LR goes through the recipe's codec at it first."""
         hr_size = (hr.shape[-2], hr.shape[-1])
         lr, by_product = self.model.down_region(hr, hr_size, lr_size)
         lr_q = quantize_8bit(lr)
+        if quality is not None:
+            lr_q = through_codec_batch(lr_q, (self.cfg.codec, quality))
         recon = self.model.up_region(lr_q, hr_size, lr_size)
         with torch.no_grad():
             reference = resize(hr, lr_size)
@@ -154,8 +159,9 @@ def train_step(
         group["lr"] = learning_rate(cfg, state.step)
     adaptive = cfg.lr_psnr_target > 0
     lambda_lr = state.log_lambda_lr.exp() if adaptive else cfg.lambda_lr
+    quality = codec_quality(cfg, state.step)
     with torch.autocast(state.log_lambda_lr.device.type, dtype=torch.bfloat16, enabled=cfg.amp == "bf16"):
-        losses = loss_module(hr, lr_size, lambda_lr)
+        losses = loss_module(hr, lr_size, lambda_lr, quality)
     state.optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), cfg.grad_clip)
@@ -177,6 +183,20 @@ def train_step(
         adapt_lambda_lr(state.log_lambda_lr, lr_fit, cfg.lr_psnr_target)
     state.optimizer.step()
     return {**losses, "lambda_lr": torch.as_tensor(lambda_lr)}, grad_norm
+
+
+def codec_quality(cfg: TrainConfig, step: int) -> int | None:
+    """The codec quality of step `step` (None: no codec this step), the same on every rank: a
+    function of (seed, step) alone, drawn apart from the crops and scale."""
+    if cfg.codec == "none":
+        return None
+    rng = np.random.default_rng([cfg.seed, step, CODEC_STREAM])
+    if rng.random() >= cfg.codec_share:
+        return None
+    return int(rng.integers(cfg.codec_quality_min, cfg.codec_quality_max + 1))
+
+
+CODEC_STREAM = 0x636F6465  # "code": keeps the codec's draws apart from next_batch's
 
 
 def make_loss_module(state: TrainState, cfg: TrainConfig, runtime: Runtime) -> nn.Module:

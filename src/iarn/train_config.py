@@ -10,6 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .codec import CODECS
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_flag, check_number
 from .model import ModelConfig
 from .model.network import FIRST_DEFAULTS
@@ -45,9 +46,23 @@ TRAIN_BOUNDS = {
     "lr_psnr_target": (0.0, 80.0),
     "lr_shortfall_power": (0.0, 16.0),
     "lambda_z": (0.0, 1e4),
+    "codec_quality_min": (1, 100),
+    "codec_quality_max": (1, 100),
+    "codec_share": (0.0, 1.0),
     **SHARED_TRAIN_BOUNDS,
 }
-WHOLE_FIELDS = ("steps", "batch_size", "crop", "warmup", "seed", "checkpoint_every", "log_every", "threads")
+WHOLE_FIELDS = (
+    "steps",
+    "batch_size",
+    "crop",
+    "warmup",
+    "seed",
+    "checkpoint_every",
+    "log_every",
+    "threads",
+    "codec_quality_min",
+    "codec_quality_max",
+)
 
 
 def model_config(values: dict) -> ModelConfig:
@@ -93,9 +108,14 @@ class TrainConfig:
     compile_mode: str = "default"  # torch.compile mode; reduce-overhead = CUDA graphs on a GPU
     device: str = "auto"  # auto (cuda:LOCAL_RANK, else mps, else cpu) | cpu | cuda | cuda:N | mps
     threads: int = 0  # CPU threads for torch (0: torch's default)
+    codec: str = "none"  # none | jpeg | webp: the LR through this codec before the upscale (codec.py)
+    codec_quality_min: int = 75  # each codec step draws its quality from [min, max]
+    codec_quality_max: int = 95
+    codec_share: float = 1.0  # share of steps through the codec (the rest lossless)
 
     def __post_init__(self) -> None:
         check_choice("schedule", self.schedule, ("cosine", "step"))
+        check_choice("codec", self.codec, CODECS)
         check_choice("amp", self.amp, ("none", "bf16"))
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_flag("compile", self.compile)
@@ -115,6 +135,9 @@ class TrainConfig:
                 f"need 1 <= scale_min <= scale_max <= model.max_scale ({self.model.max_scale:g}), "
                 f"got {self.scale_min:g} and {self.scale_max:g}"
             )
+        if self.codec_quality_min > self.codec_quality_max:
+            low, high = self.codec_quality_min, self.codec_quality_max
+            raise ValueError(f"need codec_quality_min <= codec_quality_max, got {low} and {high}")
         if self.lr_shortfall_power > 0 and self.lr_psnr_target <= 0:
             raise ValueError("lr_shortfall_power needs an lr_psnr_target (the LR PSNR a shortfall is measured from)")
 
@@ -192,6 +215,9 @@ def merge_config(values: dict, overrides: dict) -> TrainConfig:
     return TrainConfig.from_dict({**values, "model": model})
 
 
+FIELD_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
+
+
 def resume_config(saved: dict, given: dict) -> TrainConfig:
     """The config a resumed run continues with: the checkpoint's (`saved`), with the runtime
     fields in `given` set anew. Any other field in `given` must equal the checkpoint's: a run
@@ -200,7 +226,7 @@ def resume_config(saved: dict, given: dict) -> TrainConfig:
     for name, value in given.items():
         if name in RUNTIME_FIELDS:
             continue
-        old = saved.get(name)
+        old = saved.get(name, FIELD_DEFAULTS.get(name))  # a field added since: its default then
         if name == "model":
             old_model = dataclasses.asdict(model_config(old or {}))
             changed += [f"model.{k}" for k, v in value.items() if old_model.get(k) != v]
