@@ -16,7 +16,12 @@ def add_parser(commands) -> None:
     up = commands.add_parser("upscale", help="LR PNGs made by iarn -> restored HR images")
     up.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders (recursive)")
     up.add_argument("-o", "--output", required=True, metavar="OUT", help="output file, or folder for several")
-    up.add_argument("--size", type=parse_size, metavar="WxH", help="HR size (default: read from the LR file iarn wrote: PNG, WebP or JPEG)")
+    up.add_argument(
+        "--size",
+        type=parse_size,
+        metavar="WxH",
+        help="HR size (default: read from the LR file iarn wrote: PNG, WebP or JPEG)",
+    )
     up.add_argument("--ext", default="png", choices=["png", "webp", "jpg", "tif"], help="output format (default png)")
     up.add_argument("--seed", type=int, help="sample z with this seed (split, naive, middle models) instead of z = 0")
     force_flag(up)
