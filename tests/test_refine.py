@@ -142,6 +142,22 @@ def test_every_optimizer_and_loss_runs_and_never_loses(optimizer, loss):
     assert float(objective(lr, with_grad=False)[0]) <= float(objective(lr0, with_grad=False)[0])
 
 
+def test_more_steps_than_a_cycle_never_restore_worse(monkeypatch):
+    import iarn.refine as refine
+
+    monkeypatch.setattr(refine, "REFINE_CYCLE", 3)
+    assert [refine.cycle_of(k, 8) for k in (0, 2, 3, 5, 6, 7)] == [(0, 3), (0, 3), (3, 3), (3, 3), (6, 2), (6, 2)]
+    assert refine.cycle_of(2, 3) == (0, 3) and refine.cycle_of(1, 2) == (0, 2)  # one cycle up to its length
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(4)
+    hr = torch.rand(3, 3, 33, 29)
+    lr0 = model.downscale(hr, scale=2)
+    objective = TiledObjective(model.network, hr, tuple(lr0.shape[-2:]), None, "y")
+    one_cycle = objective(refine_lr(model.network, hr, lr0, RefineConfig(steps=3)), with_grad=False)[0]
+    three = objective(refine_lr(model.network, hr, lr0, RefineConfig(steps=8)), with_grad=False)[0]
+    assert bool((three <= one_cycle).all())  # per image
+
+
 @pytest.mark.parametrize(
     "field,value",
     [("steps", -1), ("steps", 1.5), ("steps", "3"), ("steps", True), ("steps", 10**9), ("lr_psnr_min", math.nan),

@@ -5,10 +5,12 @@ LR, `steps` optimisation steps on the LR pixels (normalised gradient descent wit
 default, Adam as an option) minimise the HR error of `upscale(q(LR))`, q the 8-bit
 rounding (straight-through gradient), while the LR stays a good-looking downscale: after every
 step its Y deviation from the 8-bit reference bicubic LR is projected back onto the bound
-`lr_psnr_min` (PSNR-Y in dB). The step size decays (cosine) and the best iterate is kept, per
-image, by the loss of exactly the 8-bit LR that is returned, so refinement never returns an LR
-that restores worse than the network's own (on its loss), nor one below the bound (unless the
-network's own LR already is, in which case that level is the bound). The upscaler is unchanged:
+`lr_psnr_min` (PSNR-Y in dB). The step size decays (cosine; past REFINE_CYCLE steps in cycles
+of it, each restarted from the best LR so far) and the best iterate is kept, per image, by the
+loss of exactly the 8-bit LR that is returned, so refinement never returns an LR that restores
+worse than the network's own (on its loss), nor one below the bound (unless the network's own
+LR already is, in which case that level is the bound), and more steps never restore worse than
+REFINE_CYCLE. The upscaler is unchanged:
 a refined LR is an ordinary iarn LR (docs/design.md section 3, "Refinement").
 
 Large images: the gradient of the whole-image loss is accumulated over tiles of the HR (each
@@ -224,6 +226,19 @@ def _bounds(length: int, tile: int) -> list[tuple[int, int]]:
     return [(edges[k], edges[k + 1]) for k in range(count) if edges[k + 1] > edges[k]]
 
 
+REFINE_CYCLE = 30  # steps of one cosine; more steps run more cycles, each from the best LR so far
+
+
+def cycle_of(step: int, steps: int) -> tuple[int, int]:
+    """(first step, length) of the cosine cycle that `step` of `steps` is in: one cycle of all
+    the steps up to REFINE_CYCLE, else cycles of REFINE_CYCLE (the last one shorter), so that N
+    steps past REFINE_CYCLE begin exactly as REFINE_CYCLE steps do and can only improve on them."""
+    if steps <= REFINE_CYCLE:
+        return 0, steps
+    start = step // REFINE_CYCLE * REFINE_CYCLE
+    return start, min(REFINE_CYCLE, steps - start)
+
+
 def refine_lr(
     network: IARN,
     hr: torch.Tensor,
@@ -264,7 +279,11 @@ def refine_lr(
             break
         if bounded:  # rounding took an image under its floor: aim higher, so its next steps count
             aim_db = torch.where(feasible, aim_db, aim_db + ROUNDING_STEP_DB)
-        size = first_step * (0.1 + 0.45 * (1 + math.cos(math.pi * step / config.steps)))  # cosine to a tenth
+        start, length = cycle_of(step, config.steps)
+        if step == start and step > 0:  # a new cycle starts from the best LR so far
+            v.copy_(best.to(v.dtype))
+            velocity.zero_()
+        size = first_step * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - start) / length)))  # cosine to a tenth
         if adam is not None:
             adam.param_groups[0]["lr"] = size
             v.grad = grad
