@@ -13,8 +13,9 @@ Two parts, in one process on one machine:
   the smallest LR PSNR-Y against the bicubic LR of any image (the 44 dB promise holds per
   image), with fp32 on the device given.
 
-A level "E+N" is effort E's corrector switch with N refinement steps: "0+10" is refinement from
-the network's own LR, against "1+10" (= effort 4) from the corrector's.
+A level "E+N" is effort E's corrector with N refinement steps: "0+10" is refinement from the
+network's own LR, against "1+10" from the corrector's; "E@P" is effort E with the corrector in P
+passes ("1@3").
 
 Ratios, not seconds, carry over between machines; GPU seconds come from `--device cuda`.
 """
@@ -49,17 +50,23 @@ ONE_MEGAPIXEL = (816, 1224)
 
 
 def level(name: str) -> Effort:
-    """An effort level "E", or "E+N": level E's corrector switch with N refinement steps (what
-    `--effort E --refine N` runs; "0+10" is refinement from the network's own LR)."""
-    effort, _, steps = name.partition("+")
+    """An effort level "E", "E+N" (level E with N refinement steps: what `--effort E --refine N`
+    runs; "0+10" is refinement from the network's own LR) or "E@P" (level E with the corrector
+    in P passes: "1@3")."""
+    name, _, steps = name.partition("+")
+    effort, _, passes = name.partition("@")
     chosen = EFFORTS[int(effort)]
-    return Effort(chosen.corrector, int(steps), chosen.passes) if steps else chosen
+    return Effort(
+        chosen.corrector,
+        int(steps) if steps else chosen.refine,
+        int(passes) if passes else chosen.passes,
+    )
 
 
 def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, int] = ONE_MEGAPIXEL) -> dict:
     """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at x2 and x3."""
     sample = Image.open(sample_image_path()).convert("RGB").resize(size[::-1], Image.Resampling.BICUBIC)
-    hr = to_tensor(np.asarray(sample))
+    hr = to_tensor(np.array(sample))
     results: dict = {}
     for scale in (2.0, 3.0):
         lr_size = size_for_scale(size, scale)
@@ -136,7 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", nargs="*", default=[], help="benchmark folders")
     parser.add_argument("--scales", nargs="+", type=parse_scale, default=[(2.0, 2.0), (4.0, 4.0)])
-    parser.add_argument("--efforts", nargs="+", default=["0", "1", "2"], help='levels "E" or "E+N" (N steps)')
+    parser.add_argument(
+        "--efforts",
+        nargs="+",
+        default=["0", "1", "2"],
+        help='levels "E", "E+N" (N steps) or "E@P" (P corrector passes)',
+    )
     parser.add_argument("--weights", help="a weight file (default: the bundled default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=3)
