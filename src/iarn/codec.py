@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .convert import to_tensor, to_uint8
+
 CODECS = ("none", "jpeg", "webp")
 
 
@@ -29,9 +31,8 @@ def through_codec(lr: np.ndarray, lr_format: tuple[str, int] | None) -> tuple[np
 def through_codec_batch(lr: torch.Tensor, lr_format: tuple[str, int]) -> torch.Tensor:
     """(B, 3, h, w) 8-bit LRs in [0, 1] through the codec, each image alone; the gradient passes
     straight through (the codec's own is zero almost everywhere)."""
-    images = (lr.detach().float().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    decoded = np.stack([through_codec(np.ascontiguousarray(image), lr_format)[0] for image in images])
-    coded = torch.from_numpy(decoded).to(lr.device).permute(0, 3, 1, 2).to(lr.dtype) / 255
+    decoded = [through_codec(to_uint8(image[None].detach().float()), lr_format)[0] for image in lr]
+    coded = torch.cat([to_tensor(image, lr.device) for image in decoded]).to(lr.dtype) / 255
     return lr + (coded - lr).detach()
 
 
