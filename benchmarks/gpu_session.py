@@ -12,8 +12,8 @@ and on this CPU, the same path at tiny sizes in about a minute (tests/test_bench
 
     python benchmarks/gpu_session.py --smoke --out /tmp/session
 
-Phases (`--phases`, in this order; default: all but `train` and `ablation`), each a subprocess with its own
-time limit, so one failure loses nothing else:
+Phases (`--phases`, in this order; default: all but `corrector`, `train` and `ablation`), each a
+subprocess with its own time limit, so one failure loses nothing else:
 
 - `throughput`: benchmarks/train_throughput.py for the model being trained (eager, batch 16
   and 32 of 144 px), which picks the batch of `train` (throughput.md);
@@ -27,8 +27,12 @@ time limit, so one failure loses nothing else:
   protocol scales, N = 0, 10 and 30, then (if `--prepare --large-sets` carried them, at the cost
   of 41 MB of training images) on B100 and Kodak with N = 0 and 10 (the refinement
   tables of docs/history.md, and their seconds per N on the GPU; its tables are in session.md);
-- `corrector`: `iarn train-corrector` with config/corrector.json from the bundled corrector
-  (`--init-from`), on the GPU for a share of the time left (corrector_log.jsonl,
+- `jpeg`: `iarn train` with config/jpeg.json from the bundled `jpeg` model (issue 39: JPEG
+  between the two directions), on the GPU for half the time left (jpeg_log.jsonl,
+  jpeg.safetensors), then benchmarks/lossy_table.py on Set5 at JPEG quality 90 and 75, x2 and
+  x4, against bicubic through the same JPEG (in session.md);
+- `corrector` (opt-in): `iarn train-corrector` with config/corrector.json from the bundled
+  corrector (`--init-from`), on the GPU for a share of the time left (corrector_log.jsonl,
   corrector.safetensors), then its Set5 table at effort 1 (corrector.md);
 - `train` (opt-in): `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
@@ -38,8 +42,9 @@ time limit, so one failure loses nothing else:
 - `ablation`: benchmarks/ablation.py arms `ABLATION_ARMS` side by side on the GPU for
   `--ablation-steps` steps each, evaluated on Set5 and Set14 (ablation.md).
 
-At most 12 files go into `--out`, among them session.md: the settings, each phase's time and exit
-status, and its printed output.
+The default phases write 7 files into `--out` (the device tool brings back at most 8), among them
+session.md: the settings, each phase's time and exit status, and its printed output. The opt-in
+phases write 3 each: name them in place of others.
 """
 
 from __future__ import annotations
@@ -63,6 +68,7 @@ from train_throughput import synthetic_images  # noqa: E402  (beside this script
 DEVICE = ROOT / "device"
 SHARED = ROOT.parent / "shared"
 BUNDLED = ROOT / "src" / "iarn" / "bundled" / "default.safetensors"
+BUNDLED_JPEG = BUNDLED.with_name("jpeg.safetensors")
 # the recipe of the training phase: that of the CPU legs E and F which the bundled default's
 # stages come from (docs/history.md): half the old learning rate on converged weights, and the
 # LR held near 42 dB on training crops (the benchmarks' LR stays above 46 dB, the bar is 44)
@@ -77,13 +83,14 @@ PHASES = (
     "gate",
     "effort",
     "refine",
+    "jpeg",
     "corrector",
     "train",
     "infer-compiled",
     "evaluate",
     "ablation",
 )
-OPT_IN = ("train", "ablation")  # default: every phase but these (the corrector is what trains now)
+OPT_IN = ("corrector", "train", "ablation")  # default: every phase but these (the JPEG model is what trains now)
 # the open design question of docs/ablation.md: the middle mode from scratch against naive x2 at GPU budgets
 ABLATION_ARMS = ["middle", "naive-x2"]
 # fast inference variants measured against the plain bf16 path and the fp32 tiles
@@ -295,6 +302,24 @@ class Plan:
         command += ["--efforts", "0", "1", "3"] if smoke else ["--efforts", "0", "1", "2", "3", "4", "5"]
         command += ["--timing-size", "96x64", "--repeats", "1"] if smoke else ["--repeats", "5"]
         session.phase("effort", command, limit_s=60 if smoke else 150, output=self.out / "effort.md")
+
+    def jpeg(self, session: Session) -> None:
+        """The JPEG model's fine-tuning on this device, from the bundled one, then Set5 through JPEG."""
+        run = self.scratch / "jpeg"
+        minutes = self.train_minutes or max(0.5, 0.5 * (session.left() - RESERVE_S) / 60)
+        command = [self.python, "-m", "iarn", "train", "--config", str(ROOT / "config" / "jpeg.json")]
+        command += ["--data", str(self.args.data), "--out", str(run), "--device", self.device]
+        command += ["--init-from", str(BUNDLED_JPEG), "--batch-size", str(self.batch), "--crop", self.crop]
+        command += ["--steps", "1000000", "--fit-steps", "--max-minutes", f"{minutes:.2f}", "--no-progress"]
+        session.phase("jpeg", command, limit_s=60 * minutes + 45)
+        for name, target in (("log.jsonl", "jpeg_log.jsonl"), ("model.safetensors", "jpeg.safetensors")):
+            if (run / name).exists():
+                shutil.copy2(run / name, self.out / target)
+        if (self.out / "jpeg.safetensors").exists():
+            table = [self.python, str(self.bench / "lossy_table.py"), "--data", str(self.set5), "--scales", "2", "4"]
+            table += ["--formats", "jpeg:90", "jpeg:75", "--models", str(self.out / "jpeg.safetensors"), "jpeg"]
+            table += ["--device", self.device]
+            session.phase("jpeg evaluate", table, limit_s=60 if self.args.smoke else 90)
 
     def corrector(self, session: Session) -> None:
         """The LR corrector's training on this device, from the bundled one, then Set5 at effort 1."""

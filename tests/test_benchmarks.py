@@ -52,8 +52,8 @@ def test_train_throughput_levers_run(tmp_path, photo):
 
 def test_gpu_session_smoke_writes_its_files(tmp_path):
     """The device-session script on the CPU at tiny sizes: the same phases (and the opt-in
-    training), at most 12 files."""
-    phases = ["throughput", "infer", "profile", "gate", "effort", "refine", "corrector", "train", "evaluate"]
+    training), the default phases' files at most the 8 the device tool brings back."""
+    phases = ["throughput", "infer", "profile", "gate", "effort", "refine", "jpeg", "corrector", "train", "evaluate"]
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu_session.py"), "--smoke", "--out", str(tmp_path / "out")]
         + ["--phases", *phases],
@@ -66,10 +66,14 @@ def test_gpu_session_smoke_writes_its_files(tmp_path):
     files = sorted(p.name for p in (tmp_path / "out").iterdir())
     expected = ["evaluate.json", "infer.md", "model.safetensors", "profile.md", "session.md", "throughput.md"]
     expected += ["train_log.jsonl", "effort.md", "corrector_log.jsonl", "corrector.safetensors", "corrector.md"]
-    assert set(expected) <= set(files) and len(files) <= 12, (files, result.stdout[-3000:])
+    expected += ["jpeg_log.jsonl", "jpeg.safetensors"]
+    assert set(expected) <= set(files), (files, result.stdout[-3000:])
+    opt_in = {"corrector_log.jsonl", "corrector.safetensors", "corrector.md", "train_log.jsonl", "model.safetensors"}
+    assert len(set(files) - opt_in - {"evaluate.json"}) <= 8, files
     report = (tmp_path / "out" / "session.md").read_text()
     statuses = [line for line in report.splitlines() if line.startswith("## ")]
-    assert len(statuses) == 10 and all(": exit 0," in line for line in statuses), statuses
+    assert len(statuses) == 12 and all(": exit 0," in line for line in statuses), statuses
+    assert "| jpeg:90 |" in report and "gain over bicubic" in report  # the JPEG table
     assert any(line.startswith("## refine 2") for line in statuses), statuses
     assert "; training " in report and "--fit-steps" in report
 

@@ -262,6 +262,8 @@ def test_the_recipe_files_load():
     for recipe in networks:  # the shipped architecture, no data path of this machine
         network = TrainConfig.load(recipe)
         assert network.model == ModelConfig() and network.data == ()
+    jpeg = TrainConfig.load(recipes / "jpeg.json")  # the bundled `jpeg` model's fine-tuning
+    assert jpeg.codec == "jpeg" and jpeg.codec_gradient == "surrogate" and jpeg.model == ModelConfig()
 
 
 def test_the_bound_reference_is_the_protocol_bicubic_in_bands():

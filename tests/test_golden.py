@@ -18,17 +18,24 @@ import iarn
 from iarn.metrics import psnr_y
 
 GOLDEN = Path(__file__).parent / "golden"
-SCALES = {"x2.7": 2.7, "1.5x3.3": (1.5, 3.3), "x1.5": 1.5}  # a middle model: two x2 steps, and one
+CASES = json.loads((GOLDEN / "expected.json").read_text())  # name: bundled model, scale, what it gave
 
 
-@pytest.mark.parametrize("name", sorted(SCALES))
+def test_every_trained_bundled_model_is_pinned():
+    from iarn.weights import BUNDLED
+
+    assert {case["model"] for case in CASES.values()} == set(BUNDLED) - {"naive-x2"}  # the baseline: no golden
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_bundled_model_output_is_pinned(name):
-    expected = json.loads((GOLDEN / "expected.json").read_text())[name]
+    expected = CASES[name]
     hr = np.asarray(Image.open(GOLDEN / "hr.png").convert("RGB"))
     stored_lr = np.asarray(Image.open(GOLDEN / f"lr_{name}.png"))
-    model = iarn.load("default", device="cpu", precision="fp32")
+    model = iarn.load(expected["model"], device="cpu", precision="fp32")
     x = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
-    lr = model.downscale(x, scale=SCALES[name])
+    scale = tuple(expected["scale"])
+    lr = model.downscale(x, scale=scale)
     lr8 = (lr[0].permute(1, 2, 0) * 255).round().byte().numpy()
     assert list(lr8.shape) == expected["lr_shape"]
     difference = np.abs(lr8.astype(int) - stored_lr.astype(int))

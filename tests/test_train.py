@@ -184,6 +184,19 @@ def test_init_from_fine_tunes_given_weights(image_folder, tmp_path):
     assert load_weights(tuned).config == load_weights(first).config
 
 
+def test_fine_tuning_the_bundled_default_by_name_drops_its_corrector(image_folder, tmp_path):
+    """`--init-from default` names the bundled file; its corrector was trained against the
+    upscaler this run changes, so the tuned file has none; a codec run records its codec."""
+    from iarn.weights import resolve_weights, trained_codec
+
+    assert load_weights(resolve_weights("default")).corrector is not None
+    cfg = small_config(image_folder, tmp_path / "tuned", steps=1, codec="jpeg", crop=32)
+    tuned = train(cfg, init_from="default", progress=False)
+    model = load_weights(tuned)
+    assert model.corrector is None and model.config == load_weights(resolve_weights("default")).config
+    assert trained_codec(tuned) == "jpeg" and trained_codec(resolve_weights("default")) is None
+
+
 def test_cli_train_then_evaluate(image_folder, tmp_path, capsys):
     out = tmp_path / "run"
     args = tiny_train_args(image_folder, out, 3, "--mode", "split", "--no-progress", "--log-every", "1")

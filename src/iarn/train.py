@@ -53,7 +53,7 @@ from .train_runtime import (
     setup_runtime,
     stop_signals,
 )
-from .weights import load_weights, save_weights
+from .weights import load_weights, resolve_weights, save_weights
 
 
 class RescaleLoss(nn.Module):
@@ -75,7 +75,7 @@ class RescaleLoss(nn.Module):
         lr, by_product = self.model.down_region(hr, hr_size, lr_size)
         lr_q = quantize_8bit(lr)
         if quality is not None:
-            lr_q = through_codec_batch(lr_q, (self.cfg.codec, quality))
+            lr_q = through_codec_batch(lr_q, (self.cfg.codec, quality), self.cfg.codec_gradient)
         recon = self.model.up_region(lr_q, hr_size, lr_size)
         with torch.no_grad():
             reference = resize(hr, lr_size)
@@ -244,6 +244,7 @@ def train(
     loss or gradient is not finite is skipped (counted in the log as `skipped`); after
     MAX_SKIPPED_IN_A_ROW of them in a row, TrainingDiverged, with the last good checkpoint kept.
     """
+    init_from = str(resolve_weights(init_from)) if init_from else None
     with stop_signals() as interrupted:
         return _train(cfg, resume, init_from, progress, stop_at, max_minutes, fit_steps, clock, interrupted)
 

@@ -10,7 +10,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .codec import CODECS
+from .codec import CODEC_GRADIENTS, CODECS
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_flag, check_number
 from .model import ModelConfig
 from .model.network import FIRST_DEFAULTS
@@ -112,10 +112,12 @@ class TrainConfig:
     codec_quality_min: int = 75  # each codec step draws its quality from [min, max]
     codec_quality_max: int = 95
     codec_share: float = 1.0  # share of steps through the codec (the rest lossless)
+    codec_gradient: str = "straight"  # straight | surrogate: what the codec's gradient is taken as (codec.py)
 
     def __post_init__(self) -> None:
         check_choice("schedule", self.schedule, ("cosine", "step"))
         check_choice("codec", self.codec, CODECS)
+        check_choice("codec_gradient", self.codec_gradient, CODEC_GRADIENTS)
         check_choice("amp", self.amp, ("none", "bf16"))
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_flag("compile", self.compile)

@@ -24,7 +24,8 @@ from .model.corrector import CorrectorConfig
 
 FORMAT = "iarn"
 FORMAT_VERSION = "1"
-BUNDLED = ("default", "naive-x2")
+BUNDLED = ("default", "jpeg", "naive-x2")
+LOSSY_MODEL = "jpeg"  # the bundled model trained with JPEG between its two directions (docs/results.md)
 SAME_UPSCALER_KEY = "same_upscaler_as"  # JSON list of the HASHes of files with this file's upscaler
 
 
@@ -151,6 +152,24 @@ def weights_id(path: str | os.PathLike) -> str:
 @lru_cache(maxsize=16)
 def _file_hash(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+
+
+def trained_codec(path: str | os.PathLike | None) -> str | None:
+    """The lossy codec ("jpeg", "webp") the weights at `path` were trained through, as their
+    `training` metadata records it; None for a lossless model, an unrecorded one, or no path."""
+    if path is None:
+        return None
+    try:
+        training = json.loads(read_metadata(Path(path)).get("training", "{}"))
+    except (WeightsError, json.JSONDecodeError):
+        return None
+    codec = (training.get("train_config") or {}).get("codec") if isinstance(training, dict) else None
+    return codec if codec in ("jpeg", "webp") else None
+
+
+def lossy_model_name() -> str | None:
+    """LOSSY_MODEL when this install bundles it, else None (lossy LRs then use `default`)."""
+    return LOSSY_MODEL if bundled_path(LOSSY_MODEL) is not None else None
 
 
 def bundled_by_id(model_id: str) -> str | None:

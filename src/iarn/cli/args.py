@@ -130,6 +130,12 @@ def effort_level(text: str) -> int:
 LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # outputs --quality is for
 
 
+def lossy_target(target, quality: int | None) -> bool:
+    """Whether an LR written to `target` goes through a lossy codec: any JPEG, a WebP with --quality."""
+    suffix = Path(target).suffix.lower()
+    return suffix in (".jpg", ".jpeg") or suffix == ".webp" and quality is not None
+
+
 def quality_level(text: str) -> int:
     return whole_in_range(text, 1, 100, "a JPEG or WebP quality")
 
@@ -257,10 +263,13 @@ def png_level_flag(parser: argparse.ArgumentParser, default: int) -> None:
     )
 
 
-def load_model(args):
+def load_model(args, lossy: bool = False):
+    """The model `--weights`/`--model` name; when neither is given, `default`, or for LRs that go
+    through a lossy codec (`lossy`) the bundled JPEG-trained model where this install has it."""
     from ..rescaler import load
+    from ..weights import lossy_model_name
 
-    name = args.weights or args.model
+    name = args.weights or args.model or (lossy_model_name() if lossy else None)
     try:
         return load(name, device=args.device, precision=args.precision)
     except RuntimeError as error:

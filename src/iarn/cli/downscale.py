@@ -12,6 +12,7 @@ from .args import (
     effort_flags,
     force_flag,
     load_model,
+    lossy_target,
     model_flags,
     png_level_flag,
     quality_level,
@@ -34,7 +35,8 @@ def add_parser(commands) -> None:
         type=quality_level,
         metavar="1-100",
         help="for a JPEG or WebP output (-o small.jpg): its quality (JPEG default 95; WebP default lossless). "
-        "The bundled model is trained for lossless LRs: a lossy one restores worse (docs/results.md)",
+        "A JPEG or lossy WebP LR is made by the bundled `jpeg` model, trained with JPEG between "
+        'its two directions, unless --model or --weights names another (docs/results.md, "JPEG")',
     )
     model_flags(down)
 
@@ -43,10 +45,13 @@ def run(args) -> int:
     from ..api import downscale_picture
     from ..geometry import target_size
     from ..imageio import read_picture, write_picture
+    from ..weights import trained_codec
 
     jobs = plan_jobs(args.inputs, args.output, ".png")
     check_quality(args.quality, [target for _, target in jobs])
-    model = load_model(args)
+    lossy = all(lossy_target(target, args.quality) for _, target in jobs)
+    model = load_model(args, lossy=lossy)
+    trained_lossy = trained_codec(getattr(model, "path", None)) is not None
     if args.scale is not None:
         from ..geometry import check_scale
 
@@ -71,10 +76,10 @@ def run(args) -> int:
     def write(result, target: Path) -> None:
         lr, hr_size = result
         suffix = target.suffix.lower()
-        lossy = suffix in (".jpg", ".jpeg") or suffix == ".webp" and args.quality is not None
-        if lossy:
+        if lossy_target(target, args.quality) and not trained_lossy:
             print(
-                f"iarn: note: {target} is lossy: it keeps its size record, but the detail hidden in it is partly lost",
+                f"iarn: note: {target} is lossy and {model.model_id} was trained for lossless LRs: the detail "
+                "hidden in it is partly lost (the bundled `jpeg` model is made for lossy LRs)",
                 file=sys.stderr,
             )
         elif suffix not in LOSSY_SUFFIXES + (".png",):

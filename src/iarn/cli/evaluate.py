@@ -39,7 +39,8 @@ def add_parser(commands) -> None:
         "--lr-format",
         type=lr_format,
         metavar="FMT",
-        help="send both LRs through a lossy codec before the upscale: jpeg:Q or webp:Q (default png: lossless)",
+        help="send both LRs through a lossy codec before the upscale: jpeg:Q or webp:Q (default png: lossless); "
+        "the model is then the bundled `jpeg` one unless --model or --weights names another",
     )
     force_flag(ev, "existing --json, --markdown and --plot files")
     effort_flags(ev, EVALUATE_EFFORT)
@@ -93,7 +94,7 @@ def run(args) -> int:
             import matplotlib  # noqa: F401  (checked before hours of evaluation, not after)
         except ImportError:
             raise CliError("--plot needs matplotlib: pip install 'iarn[plot]'") from None
-    model = None if args.bicubic_only else load_model(args)
+    model = None if args.bicubic_only else load_model(args, lossy=args.lr_format is not None)
     if model is not None:
         for scale in scales:
             check_scale(scale, model.config.max_scale)

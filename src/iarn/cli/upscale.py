@@ -30,28 +30,34 @@ def add_parser(commands) -> None:
 
 
 def upscaler_for(args, given_model):
-    """A function (picture, source) -> the runner to upscale it with: the model its file records
-    when no model is given and that one is bundled, else `given_model`, with a warning when the
-    file records another model (its LR then upscales only like a foreign image)."""
+    """A function (picture, source) -> the runner to upscale it with: when no model is given, the
+    model its file records if that one is bundled, or for a lossy file that records none (a
+    platform stripped it) the bundled JPEG-trained model; else `given_model`, with a warning when
+    the file records another model (its LR then upscales only like a foreign image)."""
     from ..rescaler import load
-    from ..weights import bundled_by_id, same_upscaler
+    from ..weights import bundled_by_id, lossy_model_name, same_upscaler
 
     given = args.weights or args.model
     others: dict[str, object] = {}
     lock = threading.Lock()
 
+    def bundled(name: str):
+        with lock:
+            if name not in others:
+                others[name] = load(name, device=args.device, precision=args.precision)
+        return others[name]
+
     def pick(picture, source: Path):
         recorded = picture.model_id
+        if recorded is None and picture.lossy and given is None and lossy_model_name() is not None:
+            return bundled(lossy_model_name())
         if recorded is None or given_model.model_id is None:
             return given_model
         if same_upscaler(recorded, given_model.model_id, given_model.path):
             return given_model
         name = bundled_by_id(recorded) if given is None else None
         if name is not None:
-            with lock:
-                if name not in others:
-                    others[name] = load(name, device=args.device, precision=args.precision)
-            return others[name]
+            return bundled(name)
         unknown = "" if given is not None else ", which this install does not have"
         print(
             f"iarn: warning: {source} was made by {recorded}{unknown}; upscaling it with "
@@ -67,6 +73,7 @@ def run(args) -> int:
     from ..api import upscale_picture
     from ..geometry import check_upscale_size
     from ..imageio import read_picture, write_picture
+    from ..weights import trained_codec
 
     jobs = plan_jobs(args.inputs, args.output, "." + args.ext)
     pick = upscaler_for(args, load_model(args))
@@ -78,14 +85,15 @@ def run(args) -> int:
         size = args.size or picture.hr_size
         if size is None:
             raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
-        if picture.lossy and not warned.is_set():
+        model = pick(picture, source)
+        if picture.lossy and trained_codec(model.path) is None and not warned.is_set():
             warned.set()
             print(
                 f"iarn: warning: {source}: {picture.lossy}, so the detail hidden in the LR is partly lost "
-                "(several dB); keep LR files as the PNGs iarn writes" + (" (said once)" if len(jobs) > 1 else ""),
+                "(several dB); keep LR files as the PNGs iarn writes, or make lossy ones with the bundled "
+                "`jpeg` model" + (" (said once)" if len(jobs) > 1 else ""),
                 file=sys.stderr,
             )
-        model = pick(picture, source)
         if args.size is None:
             try:
                 check_upscale_size(size, picture.size, model.config.max_scale)
