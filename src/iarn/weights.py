@@ -156,11 +156,15 @@ def _file_hash(path: Path) -> str:
 
 def trained_codec(path: str | os.PathLike | None) -> str | None:
     """The lossy codec ("jpeg", "webp") the weights at `path` were trained through, as their
-    `training` metadata records it; None for a lossless model, an unrecorded one, or no path."""
-    if path is None:
-        return None
+    `training` metadata records it; None for a lossless model, an unrecorded one, or no path.
+    Asked once per image by `upscale`: the header is read once per file."""
+    return None if path is None else _trained_codec(Path(path).resolve())
+
+
+@lru_cache(maxsize=16)
+def _trained_codec(path: Path) -> str | None:
     try:
-        training = json.loads(read_metadata(Path(path)).get("training", "{}"))
+        training = json.loads(read_metadata(path).get("training", "{}"))
     except (WeightsError, json.JSONDecodeError):
         return None
     codec = (training.get("train_config") or {}).get("codec") if isinstance(training, dict) else None

@@ -51,7 +51,7 @@ def run(args) -> int:
     check_quality(args.quality, [target for _, target in jobs])
     lossy = all(lossy_target(target, args.quality) for _, target in jobs)
     model = load_model(args, lossy=lossy)
-    trained_lossy = trained_codec(getattr(model, "path", None)) is not None
+    trained_lossy = trained_codec(model.path) is not None
     if args.scale is not None:
         from ..geometry import check_scale
 
