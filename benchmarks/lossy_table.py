@@ -7,9 +7,10 @@ the bicubic LR before the codec (the smallest over the set's images).
         --scales 2 4 --models jpeg default --json runs/lossy.json
 
 Every cell is `iarn.evaluate.score_image`, as `iarn evaluate --lr-format FMT` computes it, at
-effort 0 (the network's LR: these models' correctors and refinement choose LRs for lossless
-files). Prints one markdown table per dataset: rows (model, format), columns scales, each cell
-"ours (gain over bicubic)"; then the bytes ratio and the smallest LR PSNR-Y.
+effort 0 (the network's LR; the correctors choose LRs for lossless files), or with `--refine N`
+steps of refinement through the codec (what `iarn downscale -o x.jpg --refine N` writes).
+Prints one markdown table per dataset: rows (model, format), columns scales, each cell "ours
+(gain over bicubic)"; then the bytes ratio and the smallest LR PSNR-Y.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from iarn.refine import LR_PSNR_MIN, RefineConfig
 from iarn.rescaler import Rescaler, load
 
 
-def measure(model: Rescaler, folder: Path, scales, lr_format, lr_psnr_min: float = LR_PSNR_MIN) -> dict:
+def measure(
+    model: Rescaler, folder: Path, scales, lr_format, lr_psnr_min: float = LR_PSNR_MIN, refine: int = 0
+) -> dict:
     """{scale label: {"iarn", "bicubic", "gain", "bytes_ratio", "lr_psnr_y_min", "images"}}."""
     rows: dict = {}
     images = [read_picture(path).rgb for path in find_images([folder])]
@@ -38,7 +41,7 @@ def measure(model: Rescaler, folder: Path, scales, lr_format, lr_psnr_min: float
         for hr in images:
             if min(hr.shape[:2]) - 2 * protocol_border(scale) < 11:
                 continue
-            bound = RefineConfig(steps=0, lr_psnr_min=lr_psnr_min)
+            bound = RefineConfig(steps=refine, lr_psnr_min=lr_psnr_min)  # refined through lr_format
             mine, theirs = score_image(model, hr, scale, refine=bound, lr_format=lr_format)
             ours.append(mine.psnr_y)
             bicubic.append(theirs.psnr_y)
@@ -88,6 +91,14 @@ def main() -> None:
         metavar="DB",
         help="the LR's bound against the bicubic LR, before the codec (default: iarn's promise, %(default)g)",
     )
+    parser.add_argument(
+        "--refine",
+        type=int,
+        nargs="+",
+        default=[0],
+        metavar="N",
+        help="refinement steps, through the LR's codec as `iarn downscale -o x.jpg` refines (a row each; default 0)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
@@ -98,11 +109,14 @@ def main() -> None:
         for name in args.models:
             model = load(name, device=args.device, precision="fp32")
             model.correct = False
-            by_format = {
-                text: measure(model, folder, args.scales, fmt, args.lr_psnr_min) for text, fmt in formats.items()
-            }
-            results[folder.name][name] = by_format
-            print(f"{folder.name} {name} done", flush=True)
+            for steps in args.refine:
+                by_format = {
+                    text: measure(model, folder, args.scales, fmt, args.lr_psnr_min, steps)
+                    for text, fmt in formats.items()
+                }
+                row = name if steps == 0 else f"{name}, refine {steps}"
+                results[folder.name][row] = by_format
+                print(f"{folder.name} {row} done", flush=True)
     print(markdown(results), end="")
     if args.json:
         atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(results, indent=1)))

@@ -223,3 +223,81 @@ def test_evaluate_and_roundtrip_take_refine(tmp_path, capsys, photo_file, weight
                  "--refine", "2", "--json", str(tmp_path / "r.json")]) == 0  # fmt: skip
     assert main(["roundtrip", str(photo_file), "--scale", "2", "--weights", str(weights_file), "--refine", "2"]) == 0
     assert "2 refinement steps" in capsys.readouterr().out
+
+
+# -- refinement through the codec the LR will be written with ----------------------------------
+
+
+@pytest.mark.parametrize("origin", [(16, 32), (5, 11)])
+def test_the_jpeg_surrogate_of_a_crop_falls_on_the_codecs_blocks(origin):
+    from iarn.codec import jpeg_surrogate
+
+    torch.manual_seed(3)
+    x = resize(torch.rand(1, 3, 16, 20), (64, 80))  # smooth: every block has work to do
+    whole = jpeg_surrogate(x, 80)
+    r, c = origin
+    crop = jpeg_surrogate(x[..., r:, c:], 80, origin)
+    # from the first block the crop holds whole (and a pixel of chroma interpolation past it)
+    top, left = -(-r // 16) * 16 + 2, -(-c // 16) * 16 + 2
+    assert torch.allclose(crop[..., top - r :, left - c :], whole[..., top:, left:], atol=1e-6)
+    if r % 16 or c % 16:  # blocks from the crop's own corner are not the codec's
+        unaligned = jpeg_surrogate(x[..., r:, c:], 80)
+        assert not torch.allclose(unaligned[..., top - r :, left - c :], whole[..., top:, left:], atol=1e-3)
+
+
+@pytest.mark.parametrize("tile", [None, 32])
+def test_refinement_through_the_codec_scores_what_the_codec_gives_back(tile):
+    from iarn.codec import through_codec
+    from iarn.convert import to_uint8
+
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(4)
+    hr = resize(torch.rand(1, 3, 25, 22), (101, 87)).clamp(0, 1)
+    lr = model.downscale(hr, scale=2.7)
+    codec = ("jpeg", 70)
+    loss, grad = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), tile, "y", codec=codec)(lr)
+    decoded = to_tensor(through_codec(to_uint8(lr), codec)[0]).float() / 255
+    up = model.upscale(decoded, size=tuple(hr.shape[-2:]))
+    error = luma(up - hr).pow(2).mean() + 0.1 * (up - hr).pow(2).mean()
+    assert torch.allclose(loss.float(), error, rtol=1e-3)
+    plain_loss, plain_grad = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), tile, "y")(lr)
+    assert not torch.allclose(loss, plain_loss) and grad.abs().max() > 0
+    # the gradient is the surrogate's: through its blocks, not the identity's
+    assert not torch.allclose(grad, plain_grad, rtol=0.05, atol=0)
+
+
+def test_the_codec_of_a_refinement_is_checked():
+    assert RefineConfig(steps=2, codec=("jpeg", 90)).codec == ("jpeg", 90)
+    for codec in [("png", 90), ("jpeg", 0), ("jpeg", 101), ("jpeg",), "jpeg:90"]:
+        with pytest.raises(ValueError, match="codec"):
+            RefineConfig(steps=2, codec=codec)
+
+
+LOSSY_OUTPUTS = [
+    ("lr.png", [], None),
+    ("lr.jpg", [], ("jpeg", 95)),
+    ("lr.jpg", ["--quality", "80"], ("jpeg", 80)),
+    ("lr.webp", ["--quality", "70"], ("webp", 70)),
+    ("lr.webp", [], None),  # lossless WebP
+]
+
+
+@pytest.mark.parametrize("name, extra, codec", LOSSY_OUTPUTS)
+def test_a_lossy_output_is_refined_through_its_codec(
+    tmp_path, monkeypatch, photo_file, weights_file, name, extra, codec
+):
+    import iarn.rescaler
+    from iarn import downscale_file
+
+    seen = []
+
+    def spy(network, hr, lr, config, tile=None, progress=None):
+        seen.append(config.codec)
+        return lr
+
+    monkeypatch.setattr(iarn.rescaler, "refine_lr", spy)
+    argv = ["downscale", str(photo_file), "-o", str(tmp_path / name), "--scale", "2", "--refine", "2"]
+    assert main([*argv, "--weights", str(weights_file), *extra]) == 0
+    assert seen == [codec]
+    downscale_file(small_model(), photo_file, tmp_path / ("api-" + name), scale=2, refine=2)  # no quality: 95
+    assert seen[-1] == (("jpeg", 95) if name.endswith(".jpg") else None)

@@ -13,6 +13,7 @@ model's LR corrector (`model.correct = False` turns it off, like `--effort 0`;
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,16 @@ from PIL import Image
 
 from .convert import to_tensor, to_uint8
 from .geometry import Size, check_tile, check_upscale_size, target_size
-from .imageio import Picture, luma_8bit, picture_from_array, picture_from_pil, read_picture, to_pil, write_picture
+from .imageio import (
+    Picture,
+    lossy_codec,
+    luma_8bit,
+    picture_from_array,
+    picture_from_pil,
+    read_picture,
+    to_pil,
+    write_picture,
+)
 from .refine import RefineConfig, check_refine_steps
 from .rescaler import Rescaler
 
@@ -124,17 +134,21 @@ def downscale_file(
     refine: int | RefineConfig = 0,
     overwrite: bool = False,
 ) -> Picture:
-    """Read the image file `source`, downscale it and write the LR to `target` (PNG) the way
-    `iarn downscale` does: atomically, with the original size and the model recorded, so that
-    `upscale_file` (or `iarn upscale`) needs nothing else. Returns the LR picture. `overwrite`:
-    replace an existing `target`; `source` itself is never overwritten."""
+    """Read the image file `source`, downscale it and write the LR to `target` (PNG; or a JPEG
+    at quality 95 by its extension, refined through that codec) the way `iarn downscale` does:
+    atomically, with the original size and the model recorded, so that `upscale_file` (or `iarn
+    upscale`) needs nothing else. Returns the LR picture. `overwrite`: replace an existing
+    `target`; `source` itself is never overwritten."""
     source, target = Path(source), Path(target)
     if target.exists() and source.exists() and os.path.samefile(source, target):
         raise ValueError(f"{target}: is the input itself; iarn never overwrites an input")
     picture = read_picture(source)
+    if not isinstance(refine, RefineConfig):
+        check_refine_steps(refine)
+        refine = RefineConfig(steps=int(refine))
+    refine = dataclasses.replace(refine, codec=lossy_codec(target))  # refined for what the file holds
     lr = downscale_picture(model, picture, size=size, scale=scale, tile=tile, refine=refine)
-    steps = refine.steps if isinstance(refine, RefineConfig) else int(refine)
-    write_picture(lr, target, hr_size=picture.size, model_id=model.model_id, overwrite=overwrite, refine=steps)
+    write_picture(lr, target, hr_size=picture.size, model_id=model.model_id, overwrite=overwrite, refine=refine.steps)
     return lr
 
 

@@ -94,14 +94,18 @@ def _quantise_planes(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     return restored.transpose(3, 4).reshape(b, c, h, w)
 
 
-def jpeg_surrogate(rgb: torch.Tensor, quality: int) -> torch.Tensor:
+def jpeg_surrogate(rgb: torch.Tensor, quality: int, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
     """A differentiable stand-in for baseline JPEG at `quality` (4:2:0, libjpeg's tables):
     (B, 3, h, w) in [0, 1] -> the same. Full-range YCbCr; chroma averaged over 2x2 and brought
     back bilinearly; 8x8 DCT; each coefficient rounded over its quantiser step (`soft_round`'s
     gradient). It follows the real codec closely (46 dB PSNR to it at quality 90 on Set5's bird)
-    but not exactly: training uses its gradient only (`through_codec_batch`)."""
+    but not exactly: training and refinement use its gradient only (`through_codec_batch`).
+    `origin`: where `rgb` starts in the image the codec sees (a crop's offset), so that its
+    blocks fall where the codec's do (the rows and columns before it taken as the crop's first)."""
     h, w = rgb.shape[-2:]
-    padded = torch.nn.functional.pad(rgb, (0, (-w) % 16, 0, (-h) % 16), mode="replicate") * 255
+    top, left = origin[0] % 16, origin[1] % 16
+    pad = (left, (-(w + left)) % 16, top, (-(h + top)) % 16)
+    padded = torch.nn.functional.pad(rgb, pad, mode="replicate") * 255
     r, g, b = padded.unbind(1)
     y = 0.299 * r + 0.587 * g + 0.114 * b
     cb = -0.168736 * r - 0.331264 * g + 0.5 * b
@@ -114,7 +118,7 @@ def jpeg_surrogate(rgb: torch.Tensor, quality: int) -> torch.Tensor:
     cb, cr = chroma.unbind(1)
     y = y[:, 0]
     out = torch.stack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb], dim=1) / 255
-    return out[..., :h, :w]
+    return out[..., top : top + h, left : left + w]
 
 
 __all__ = ["CODECS", "CODEC_GRADIENTS", "jpeg_surrogate", "soft_round", "through_codec", "through_codec_batch"]

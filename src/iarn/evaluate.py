@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,8 +74,12 @@ def model_roundtrip(
     progress=None,
     lr_format: tuple[str, int] | None = None,
 ):
-    """The model's 8-bit LR (refined `refine` steps) and its 8-bit upscale of the LR as it comes
-    back from `lr_format` (None: as written): (LR, HR) uint8."""
+    """The model's 8-bit LR (refined `refine` steps, through `lr_format` where it is lossy, as
+    `iarn downscale -o x.jpg` refines) and its 8-bit upscale of the LR as it comes back from
+    `lr_format` (None: as written): (LR, HR) uint8."""
+    if not isinstance(refine, RefineConfig):
+        refine = RefineConfig(steps=int(refine))
+    refine = replace(refine, codec=lr_format)
     lr = to_uint8(model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress).cpu())
     decoded, _ = through_codec(lr, lr_format)
     up = model.upscale_pixels(to_tensor(decoded), hr.shape[:2], tile)

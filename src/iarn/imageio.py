@@ -42,6 +42,7 @@ HR_SIZE_KEY = "iarn:hr_size"
 MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.weights_id)
 REFINE_KEY = "iarn:refine"  # the refinement steps that chose the LR (0: the network's own LR)
 GRAY_KEY = "iarn:grayscale"  # "1": the LR of a grayscale photo (written in colour, restored as grayscale)
+JPEG_QUALITY = 95  # a JPEG LR's quality when none is asked for
 PIXELS_KEY = "iarn:crc32"  # CRC-32 of the LR's pixels as written: a lossy re-encoding changes them
 EXIF_DESCRIPTION = 0x010E  # JPEG and WebP LRs: the fields as "key=value;..." in EXIF's ImageDescription
 
@@ -298,6 +299,16 @@ def as_written(picture: Picture) -> np.ndarray:
     return np.asarray(to_pil(replace(picture, alpha=None)).convert("RGB"))
 
 
+def lossy_codec(path: str | os.PathLike, quality: int | None = None) -> tuple[str, int] | None:
+    """The lossy codec and quality that `write_picture(..., path, quality=quality)` puts an
+    image through: ("jpeg", Q) for any JPEG, ("webp", Q) for a WebP with a quality; None for
+    a lossless file."""
+    suffix = Path(path).suffix.lower()
+    if suffix in (".jpg", ".jpeg"):
+        return "jpeg", quality or JPEG_QUALITY
+    return ("webp", quality) if suffix == ".webp" and quality is not None else None
+
+
 def write_picture(
     picture: Picture,
     path: str | os.PathLike,
@@ -315,7 +326,7 @@ def write_picture(
     a grayscale photo (module docstring).
     `overwrite=False`: an ImageError instead of replacing a file that exists when the write ends.
     `provisional`: see files.atomic_write (removed if the process is ended before files.settle).
-    `quality` (1-100): a JPEG's (default 95), or a lossy WebP's (default: lossless WebP). JPEG
+    `quality` (1-100): a JPEG's (default JPEG_QUALITY), or a lossy WebP's (default: lossless WebP). JPEG
     and WebP LRs carry the same fields in their EXIF ImageDescription."""
     path = Path(path)
     image = to_pil(picture, lr=hr_size is not None)
@@ -348,7 +359,7 @@ def write_picture(
         if image_format == "JPEG" and image.mode in ("RGBA", "LA"):
             raise ImageError(f"{path}: JPEG cannot hold the alpha channel; write PNG or WebP")
         if image_format == "JPEG" or quality is not None:
-            options["quality"] = quality or 95
+            options["quality"] = quality or JPEG_QUALITY
         else:
             options["lossless"] = True
         if fields:

@@ -11,7 +11,9 @@ loss of exactly the 8-bit LR that is returned, so refinement never returns an LR
 worse than the network's own (on its loss), nor one below the bound (unless the network's own
 LR already is, in which case that level is the bound), and more steps never restore worse than
 REFINE_CYCLE. The upscaler is unchanged:
-a refined LR is an ordinary iarn LR (docs/design.md section 3, "Refinement").
+a refined LR is an ordinary iarn LR (docs/design.md section 3, "Refinement"). An LR that will be
+written as a JPEG (or lossy WebP) is refined through that codec (`RefineConfig.codec`): the loss
+is that of what the codec gives back, so the steps move detail to where the codec keeps it.
 
 Large images: the gradient of the whole-image loss is accumulated over tiles of the HR (each
 tile upscaled from its LR crop with the tiler's context, its loss on its core only) and the
@@ -30,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .codec import jpeg_surrogate, through_codec_batch
 from .fields import check_choice, check_number
 from .geometry import Size
 from .model.modes import resample_crop
@@ -42,6 +45,7 @@ if TYPE_CHECKING:
 
 LOSSES = ("rgb", "y")
 OPTIMIZERS = ("adam", "gd")
+LOSSY_CODECS = ("jpeg", "webp")  # what RefineConfig.codec may name
 MAX_REFINE_STEPS = 10_000
 # Memory policy (Rescaler.refine_tile): bytes kept for the backward pass per pixel of the image
 # the core runs on (a generous bound on the activations of the bundled model's upscale in fp32),
@@ -68,6 +72,9 @@ class RefineConfig:
         `step_size` over its LR pixels) or `adam` (every pixel's first steps are `step_size`).
     step_size: the first step in 8-bit LR levels (1/255); a cosine takes it down to a tenth.
     momentum: of `gd`: the share of the previous step that each step carries on, 0 to 0.99.
+    codec: ("jpeg" or "webp", quality) when the LR will be written through that lossy codec:
+        the HR error is then that of the LR as the codec gives it back (the real codec's
+        pixels; the gradient of `codec.jpeg_surrogate`, as the `jpeg` model was trained).
     The defaults are the measured best (docs/history.md, "Refinement")."""
 
     steps: int = 0
@@ -76,6 +83,7 @@ class RefineConfig:
     optimizer: str = "gd"
     step_size: float = 0.3
     momentum: float = 0.8
+    codec: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         check_refine_steps(self.steps)
@@ -86,6 +94,11 @@ class RefineConfig:
         if self.step_size == 0:
             raise ValueError("refine_step_size (8-bit levels) must be above 0, got 0")
         check_number("refine_momentum", self.momentum, 0, 0.99)
+        if self.codec is not None:
+            if not isinstance(self.codec, tuple) or len(self.codec) != 2:
+                raise ValueError(f"refine codec: expected (name, quality), got {self.codec!r}")
+            check_choice("refine codec", self.codec[0], LOSSY_CODECS)
+            check_number("refine codec quality", self.codec[1], 1, 100, whole=True)
 
 
 def check_refine_steps(steps) -> None:
@@ -175,9 +188,16 @@ class TiledObjective:
     """The whole-image HR loss of an LR and its gradient, accumulated over HR tiles (or at once)."""
 
     def __init__(
-        self, network: IARN, hr: torch.Tensor, lr_size: Size, tile: int | None, loss: str, context: int = CONTEXT
+        self,
+        network: IARN,
+        hr: torch.Tensor,
+        lr_size: Size,
+        tile: int | None,
+        loss: str,
+        context: int = CONTEXT,
+        codec: tuple[str, int] | None = None,
     ) -> None:
-        self.network, self.hr, self.lr_size, self.loss = network, hr, lr_size, loss
+        self.network, self.hr, self.lr_size, self.loss, self.codec = network, hr, lr_size, loss, codec
         self.hr_size = (hr.shape[-2], hr.shape[-1])
         self.context = context
         self.pixels = self.hr_size[0] * self.hr_size[1]
@@ -188,7 +208,9 @@ class TiledObjective:
             cols = _bounds(self.hr_size[1], tile)
             self.tiles = [(r, c) for r in rows for c in cols]
 
-    def _tile(self, lr: torch.Tensor, rows, cols, grad: torch.Tensor | None) -> torch.Tensor:
+    def _tile(
+        self, lr: torch.Tensor, rows, cols, grad: torch.Tensor | None, coded: torch.Tensor | None = None
+    ) -> torch.Tensor:
         net, dtype = self.network, self.network.state_dtype
         whole = len(self.tiles) == 1
         if whole:
@@ -200,9 +222,11 @@ class TiledObjective:
         crop = lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]].detach().clone()
         crop.requires_grad_(grad is not None)
         with torch.set_grad_enabled(grad is not None):
-            pred = net.up_region(
-                quantize_8bit(crop), self.hr_size, self.lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols
-            )
+            seen = quantize_8bit(crop)
+            if coded is not None:  # the codec's pixels, the surrogate's gradient (through_codec_batch)
+                stand_in = jpeg_surrogate(seen, self.codec[1], (lr_rows[0], lr_cols[0]))
+                seen = coded[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]] + (stand_in - stand_in.detach())
+            pred = net.up_region(seen, self.hr_size, self.lr_size, (lr_rows[0], lr_cols[0]), hr_rows, hr_cols)
             pred = pred[..., rows[0] - hr_rows[0] : rows[1] - hr_rows[0], cols[0] - hr_cols[0] : cols[1] - hr_cols[0]]
             target = as_float(self.hr[..., rows[0] : rows[1], cols[0] : cols[1]], dtype)
             error = error_per_image(pred, target, self.loss)
@@ -212,11 +236,15 @@ class TiledObjective:
         return error.detach()
 
     def __call__(self, lr: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(per-image loss of q(lr): mean squared error per HR pixel (B,), its gradient or None)."""
+        """(per-image loss of q(lr), through the codec where there is one: mean squared error per HR
+        pixel (B,), its gradient or None)."""
         grad = torch.zeros_like(lr) if with_grad else None
         total = torch.zeros(lr.shape[0], dtype=torch.float64, device=lr.device)
+        coded = None
+        if self.codec is not None:  # the whole LR through the codec once: its blocks are the image's
+            coded = through_codec_batch(quantize_8bit(lr.detach()), self.codec).detach()
         for rows, cols in self.tiles:
-            total += self._tile(lr, rows, cols, grad).double()
+            total += self._tile(lr, rows, cols, grad, coded).double()
         return total / self.pixels, grad
 
 
@@ -255,7 +283,7 @@ def refine_lr(
     dtype = network.state_dtype
     lr_size = (lr.shape[-2], lr.shape[-1])
     reference = reference_lr(hr, lr_size, dtype)
-    objective = TiledObjective(network, hr, lr_size, tile, config.loss)
+    objective = TiledObjective(network, hr, lr_size, tile, config.loss, codec=config.codec)
     v = lr.detach().to(dtype).clone()
     start_db = lr_psnr_y(v, reference)
     bounded = config.lr_psnr_min > 0

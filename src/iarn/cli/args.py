@@ -131,9 +131,10 @@ LOSSY_SUFFIXES = (".jpg", ".jpeg", ".webp")  # outputs --quality is for
 
 
 def lossy_target(target, quality: int | None) -> bool:
-    """Whether an LR written to `target` goes through a lossy codec: any JPEG, a WebP with --quality."""
-    suffix = Path(target).suffix.lower()
-    return suffix in (".jpg", ".jpeg") or suffix == ".webp" and quality is not None
+    """Whether an LR written to `target` goes through a lossy codec (imageio.lossy_codec)."""
+    from ..imageio import lossy_codec
+
+    return lossy_codec(target, quality) is not None
 
 
 def quality_level(text: str) -> int:
@@ -188,7 +189,8 @@ def effort_help() -> str:
     return (
         "how much to spend choosing the LR: 0 = the network's forward pass; 1 = and its learned "
         "corrector (about twice the network's time); 2 = the corrector in 4 passes (about 4x); "
-        "3, 4, 5, 6 = and 5, 10, 30, 100 refinement steps (each about 3x the network's time; up to +2 dB). "
+        "3, 4, 5, 6 = and 5, 10, 30, 100 refinement steps (each about 3x the network's time; up to +2 dB; "
+        "a JPEG or lossy WebP output is refined through its codec). "
         f"Default {CPU_EFFORT} on a CPU, {GPU_EFFORT} on a CUDA GPU"
     )
 
@@ -206,8 +208,8 @@ def effort_flags(parser: argparse.ArgumentParser, default: int | None) -> None:
         type=lr_psnr_bound,
         default=44.0,
         metavar="DB",
-        help="while refining, keep the LR's PSNR-Y against a bicubic downscale at DB or more "
-        "(0: no bound; default %(default)g)",
+        help="hold the LR's PSNR-Y against a bicubic downscale at DB or more, at every effort "
+        "(0: no bound; default %(default)g, iarn's promise that an LR looks like a plain downscale)",
     )
     parser.add_argument(
         "--refine-loss",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def add_parser(commands) -> None:
 def run(args) -> int:
     from ..api import downscale_picture
     from ..geometry import target_size
-    from ..imageio import read_picture, write_picture
+    from ..imageio import lossy_codec, read_picture, write_picture
     from ..weights import trained_codec
 
     jobs = plan_jobs(args.inputs, args.output, ".png")
@@ -66,11 +67,13 @@ def run(args) -> int:
         if len(jobs) == 1 and sys.stderr.isatty():  # a batch has its bar; one large image says it started
             height, width = picture.size
             print(f"downscaling {source} ({width}x{height}) ...", file=sys.stderr, flush=True)
-        return picture
+        return picture, lossy_codec(target, args.quality)
 
-    def compute(picture):
+    def compute(item):
+        picture, codec = item
         lr_size = target_size(picture.size, model.config.max_scale, size=args.size, scale=args.scale)
-        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile, refine=refine, progress=progress)
+        steps = dataclasses.replace(refine, codec=codec)  # refined for what the file will hold
+        lr = downscale_picture(model, picture, size=lr_size, tile=args.tile, refine=steps, progress=progress)
         return lr, picture.size
 
     def write(result, target: Path) -> None:
