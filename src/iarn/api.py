@@ -35,7 +35,7 @@ from .imageio import (
     to_pil,
     write_picture,
 )
-from .refine import RefineConfig, check_refine_steps
+from .refine import RefineConfig, as_refine_config, check_refine_steps
 from .rescaler import Rescaler
 
 
@@ -143,10 +143,7 @@ def downscale_file(
     if target.exists() and source.exists() and os.path.samefile(source, target):
         raise ValueError(f"{target}: is the input itself; iarn never overwrites an input")
     picture = read_picture(source)
-    if not isinstance(refine, RefineConfig):
-        check_refine_steps(refine)
-        refine = RefineConfig(steps=int(refine))
-    refine = dataclasses.replace(refine, codec=lossy_codec(target))  # refined for what the file holds
+    refine = dataclasses.replace(as_refine_config(refine), codec=lossy_codec(target))  # refined for what the file holds
     lr = downscale_picture(model, picture, size=size, scale=scale, tile=tile, refine=refine)
     write_picture(lr, target, hr_size=picture.size, model_id=model.model_id, overwrite=overwrite, refine=refine.steps)
     return lr

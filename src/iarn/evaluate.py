@@ -23,7 +23,7 @@ from .files import atomic_write, find_images
 from .geometry import size_for_scale
 from .imageio import ImageError, read_picture
 from .metrics import protocol_border, psnr_rgb, psnr_y, ssim_y
-from .refine import RefineConfig
+from .refine import RefineConfig, as_refine_config
 from .resample import resize
 from .rescaler import Rescaler
 
@@ -77,9 +77,7 @@ def model_roundtrip(
     """The model's 8-bit LR (refined `refine` steps, through `lr_format` where it is lossy, as
     `iarn downscale -o x.jpg` refines) and its 8-bit upscale of the LR as it comes back from
     `lr_format` (None: as written): (LR, HR) uint8."""
-    if not isinstance(refine, RefineConfig):
-        refine = RefineConfig(steps=int(refine))
-    refine = replace(refine, codec=lr_format)
+    refine = replace(as_refine_config(refine), codec=lr_format)
     lr = to_uint8(model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress).cpu())
     decoded, _ = through_codec(lr, lr_format)
     up = model.upscale_pixels(to_tensor(decoded), hr.shape[:2], tile)

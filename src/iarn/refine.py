@@ -101,6 +101,14 @@ class RefineConfig:
             check_number("refine codec quality", self.codec[1], 1, 100, whole=True)
 
 
+def as_refine_config(refine: int | RefineConfig) -> RefineConfig:
+    """`refine` as a RefineConfig: a number of steps (checked) with the other settings' defaults."""
+    if isinstance(refine, RefineConfig):
+        return refine
+    check_refine_steps(refine)
+    return RefineConfig(steps=int(refine))
+
+
 def check_refine_steps(steps) -> None:
     """Refuse what is not a whole number of steps from 0 to MAX_REFINE_STEPS."""
     check_number("refine (steps)", steps, 0, MAX_REFINE_STEPS, whole=True)

@@ -31,6 +31,7 @@ from .refine import (
     REFINE_TILE,
     REFINE_WHOLE_BYTES,
     RefineConfig,
+    as_refine_config,
     check_refine_steps,
     hold_lr_bound,
     refine_lr,
@@ -125,7 +126,7 @@ class Rescaler:
     ) -> torch.Tensor:
         """(B, 3, H, W) uint8, or float in [0, 1] -> 8-bit-rounded LR (B, 3, h, w), float.
         `refine`, `progress`: as in `downscale`."""
-        config = refine if isinstance(refine, RefineConfig) else RefineConfig(steps=int(refine))
+        config = as_refine_config(refine)
         x = x.to(self.device)
         lr = hold_lr_bound(self._network_lr(x, lr_size, tile), x, config.lr_psnr_min)
         hr_size = (x.shape[-2], x.shape[-1])
