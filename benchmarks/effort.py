@@ -3,12 +3,14 @@
     python benchmarks/effort.py --data ../shared/data/benchmark/Set5 --scales 2 3 4 1.5,4 \
         --efforts 0 1 2 3 --json runs/effort.json
     python benchmarks/effort.py --time-only --efforts 0 1 2 3 4      # the 1 MP timing alone
+    python benchmarks/effort.py --time-only --efforts 0 3 --codec jpeg:90   # refined through JPEG
 
 Two parts, in one process on one machine:
 
 - **Time**: a 1 MP image (the bundled sample resized to 1224x816) downscaled at x2 and x3 at each
   effort, `--repeats` times after one warm-up; medians, and their ratio to effort 0 (the
-  network's pass alone) measured in the same process.
+  network's pass alone) measured in the same process. With `--codec`, refinement runs through
+  that codec, as for an LR written as JPEG or WebP.
 - **Fidelity**: per dataset, scale and effort, the protocol's mean PSNR-Y of the round trip and
   the smallest LR PSNR-Y against the bicubic LR of any image (the 44 dB promise holds per
   image), with fp32 on the device given.
@@ -37,8 +39,8 @@ from iarn import Rescaler
 from iarn.cli import parse_scale, parse_size, sample_image_path
 from iarn.convert import to_tensor
 from iarn.devices import keep_freed_memory
-from iarn.effort import EFFORTS, Effort, set_corrector
-from iarn.evaluate import bicubic_roundtrip, model_roundtrip, scale_label
+from iarn.effort import effort_level, set_corrector
+from iarn.evaluate import bicubic_roundtrip, model_roundtrip, parse_lr_format, scale_label
 from iarn.files import atomic_write, find_images
 from iarn.geometry import size_for_scale
 from iarn.imageio import read_picture
@@ -49,22 +51,15 @@ from iarn.weights import load_weights, resolve_weights
 ONE_MEGAPIXEL = (816, 1224)
 
 
-def level(name: str) -> Effort:
-    """An effort level "E", "E+N" (level E with N refinement steps: what `--effort E --refine N`
-    runs; "0+10" is refinement from the network's own LR) or "E@P" (level E with the corrector
-    in P passes: "1@3")."""
-    name, _, steps = name.partition("+")
-    effort, _, passes = name.partition("@")
-    chosen = EFFORTS[int(effort)]
-    return Effort(
-        chosen.corrector,
-        int(steps) if steps else chosen.refine,
-        int(passes) if passes else chosen.passes,
-    )
-
-
-def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, int] = ONE_MEGAPIXEL) -> dict:
-    """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at x2 and x3."""
+def timing(
+    model: Rescaler,
+    efforts: list[str],
+    repeats: int,
+    size: tuple[int, int] = ONE_MEGAPIXEL,
+    codec: tuple[str, int] | None = None,
+) -> dict:
+    """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at x2 and x3;
+    `codec`: refinement through it (an LR written as JPEG or WebP: what `-o small.jpg` runs)."""
     sample = Image.open(sample_image_path()).convert("RGB").resize(size[::-1], Image.Resampling.BICUBIC)
     hr = to_tensor(np.array(sample))
     results: dict = {}
@@ -72,12 +67,12 @@ def timing(model: Rescaler, efforts: list[str], repeats: int, size: tuple[int, i
         lr_size = size_for_scale(size, scale)
         row: dict = {}
         for effort in efforts:
-            chosen = level(effort)
+            chosen = effort_level(effort)
             set_corrector(model, chosen)
             times = []
             for attempt in range(repeats + 1):
                 start = time.perf_counter()
-                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=chosen.refine))
+                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=chosen.refine, codec=codec))
                 if attempt:  # the first is a warm-up
                     times.append(time.perf_counter() - start)
             row[effort] = {"median_s": statistics.median(times)}
@@ -97,7 +92,7 @@ def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[str]) ->
         row: dict = {}
         border = protocol_border(scale)
         for effort in efforts:
-            chosen = level(effort)
+            chosen = effort_level(effort)
             set_corrector(model, chosen)
             scores, lr_scores = [], []
             for hr in images:
@@ -155,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--time-only", action="store_true")
     parser.add_argument("--timing-size", type=parse_size, default=ONE_MEGAPIXEL, metavar="WxH")
     parser.add_argument("--no-time", action="store_true")
+    parser.add_argument(
+        "--codec", type=parse_lr_format, metavar="FMT", help="time refinement through a codec: jpeg:90, webp:80"
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
@@ -169,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         "timing_size": f"{width}x{height}",
     }
     if not args.no_time:
-        results["timing"] = timing(model, args.efforts, args.repeats, args.timing_size)
+        results["timing"] = timing(model, args.efforts, args.repeats, args.timing_size, args.codec)
+        results["codec"] = args.codec
     if not args.time_only:
         results["fidelity"] = {Path(f).name: fidelity(model, Path(f), args.scales, args.efforts) for f in args.data}
     results = json.loads(json.dumps(results))  # keys as JSON has them

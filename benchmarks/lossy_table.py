@@ -7,8 +7,9 @@ the bicubic LR before the codec (the smallest over the set's images).
         --scales 2 4 --models jpeg default --json runs/lossy.json
 
 Every cell is `iarn.evaluate.score_image`, as `iarn evaluate --lr-format FMT` computes it, at
-effort 0 (the network's LR; the correctors choose LRs for lossless files), or with `--refine N`
-steps of refinement through the codec (what `iarn downscale -o x.jpg --refine N` writes).
+each effort level of `--efforts` (a row each; default 0, the network's LR): "1" with the
+model's LR corrector, "0+N" with N steps of refinement through the codec, as `iarn downscale -o
+x.jpg --effort E --refine N` writes (`--refine N` is short for level "0+N").
 Prints one markdown table per dataset: rows (model, format), columns scales, each cell "ours
 (gain over bicubic)"; then the bytes ratio and the smallest LR PSNR-Y.
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from iarn.cli import parse_scale
+from iarn.effort import effort_level, set_corrector
 from iarn.evaluate import parse_lr_format, scale_label, score_image
 from iarn.files import atomic_write, find_images
 from iarn.imageio import read_picture
@@ -33,7 +35,8 @@ from iarn.rescaler import Rescaler, load
 def measure(
     model: Rescaler, folder: Path, scales, lr_format, lr_psnr_min: float = LR_PSNR_MIN, refine: int = 0
 ) -> dict:
-    """{scale label: {"iarn", "bicubic", "gain", "bytes_ratio", "lr_psnr_y_min", "images"}}."""
+    """{scale label: {"iarn", "bicubic", "gain", "bytes_ratio", "lr_psnr_y_min", "images"}}, with
+    the model's corrector as set on it (`set_corrector`) and `refine` steps through the codec."""
     rows: dict = {}
     images = [read_picture(path).rgb for path in find_images([folder])]
     for scale in scales:
@@ -95,26 +98,35 @@ def main() -> None:
         "--refine",
         type=int,
         nargs="+",
-        default=[0],
+        default=[],
         metavar="N",
-        help="refinement steps, through the LR's codec as `iarn downscale -o x.jpg` refines (a row each; default 0)",
+        help='refinement steps from the network\'s LR, through the codec: short for level "0+N"',
+    )
+    parser.add_argument(
+        "--efforts",
+        nargs="+",
+        default=[],
+        metavar="LEVEL",
+        help='effort levels, a row each: "E", "E+N" (N refinement steps through the codec); default 0',
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (default cpu)")
     parser.add_argument("--json", metavar="FILE")
     args = parser.parse_args()
     formats = {text: parse_lr_format(text) for text in args.formats}
+    levels = args.efforts + [f"0+{steps}" if steps else "0" for steps in args.refine] or ["0"]
     results: dict = {}
     for folder in map(Path, args.data):
         results[folder.name] = {}
         for name in args.models:
             model = load(name, device=args.device, precision="fp32")
-            model.correct = False
-            for steps in args.refine:
+            for level in levels:
+                chosen = effort_level(level)
+                set_corrector(model, chosen)
                 by_format = {
-                    text: measure(model, folder, args.scales, fmt, args.lr_psnr_min, steps)
+                    text: measure(model, folder, args.scales, fmt, args.lr_psnr_min, chosen.refine)
                     for text, fmt in formats.items()
                 }
-                row = name if steps == 0 else f"{name}, refine {steps}"
+                row = name if level == "0" else f"{name}, effort {level}"
                 results[folder.name][row] = by_format
                 print(f"{folder.name} {row} done", flush=True)
     print(markdown(results), end="")

@@ -426,6 +426,7 @@ CASES += [
     Case("corrector width 0", TRAIN_DATA, ["train-corrector", "--data", "d", "--width", "0"], "corrector width"),
     Case("corrector bound", TRAIN_DATA, ["train-corrector", "--data", "d", "--lr-bound", "clip"], "lr_bound"),
     Case("corrector crop", TRAIN_DATA, ["train-corrector", "--data", "d", "--crop", "30"], "multiple of 8"),
+    Case("corrector codec", TRAIN_DATA, ["train-corrector", "--data", "d", "--codec", "png"], "codec must be one of"),
     Case(
         "corrector for a cycle model",
         {**TRAIN_DATA, "w.safetensors": _cycle_weights()},

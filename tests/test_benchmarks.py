@@ -1,6 +1,7 @@
 """The benchmark scripts still run (tiny sizes; their numbers are not checked here)."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -190,3 +191,30 @@ def test_effort_table_runs(tmp_path, photo):
     out = run_script(script, *args, "--timing-size", "96x64", "--json", str(tmp_path / "e.json"))
     assert "| x2 |" in out and "| (1.5, 4) |" in out and "(1.00x)" in out
     assert (tmp_path / "e.json").exists()
+    coded = run_script(
+        script,
+        "--time-only",
+        "--efforts",
+        "0",
+        "1+2",
+        "--repeats",
+        "1",
+        "--timing-size",
+        "96x64",
+        "--codec",
+        "jpeg:90",
+        "--json",
+        str(tmp_path / "c.json"),
+    )
+    assert "(1.00x)" in coded and json.loads((tmp_path / "c.json").read_text())["codec"] == ["jpeg", 90]
+
+
+def test_lossy_table_runs_a_row_per_effort(tmp_path, photo, weights_file):
+    Image.fromarray(photo).save(tmp_path / "a.png")
+    script = str(BENCHMARKS / "lossy_table.py")
+    common = ["--data", str(tmp_path), "--formats", "jpeg:90", "--scales", "2", "--models", str(weights_file)]
+    out = run_script(script, *common, "--efforts", "0", "1", "0+1", "--json", str(tmp_path / "l.json"))
+    rows = json.loads((tmp_path / "l.json").read_text())[tmp_path.name]
+    name = str(weights_file)
+    assert list(rows) == [name, f"{name}, effort 1", f"{name}, effort 0+1"]
+    assert rows[name]["jpeg:90"]["x2"]["images"] == 1 and "| bicubic | jpeg:90 |" in out

@@ -3,6 +3,7 @@ its training, the LR bound on any content, and the effort levels."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,13 +24,14 @@ SCALES = [2.0, 3.3, (1.5, 4.0), (4.0, 1.7), 1.3]
 
 
 PASSES = [1, 2]
+VARIANTS = {"one-pass": {}, "two-pass": {"passes": 2}, "per-count": {"passes": 2, "per_count": True}}
 
 
-def corrected_network(seed: int = 0, passes: int = 1, **overrides) -> IARN:
-    """A small middle network with random weights and a corrector (of `passes` passes) with random
-    (non-zero) weights."""
+def corrected_network(seed: int = 0, passes: int = 1, per_count: bool = False, **overrides) -> IARN:
+    """A small middle network with random weights and a corrector (of `passes` passes, its
+    convolutions after the first shared or `per_count`) with random (non-zero) weights."""
     torch.manual_seed(seed)
-    corrector = CorrectorConfig(width=8, depth=3, passes=passes)
+    corrector = CorrectorConfig(width=8, depth=3, passes=passes, per_count=per_count)
     network = randomize(IARN(first_config(**{**MIDDLE, **overrides}), corrector), seed=seed)
     with torch.no_grad():
         for p in network.corrector.parameters():
@@ -85,6 +87,33 @@ def test_a_two_pass_run_starts_from_a_one_pass_corrector():
         attach_corrector(randomize(IARN(first_config(**MIDDLE))), CorrectorConfig(width=4, depth=3, passes=2), init=one)
 
 
+@pytest.mark.parametrize("passes", PASSES)
+def test_a_per_count_run_starts_from_a_shared_corrector(passes):
+    """Every step count's convolutions start as the shared ones: the same LRs at x(1, 2] and
+    x(2, 4]; each then has its own (a per-count corrector is never made shared)."""
+    shared = corrected_network(passes=passes)
+    config = CorrectorConfig(width=8, depth=3, passes=passes, per_count=True)
+    split = attach_corrector(randomize(IARN(first_config(**MIDDLE))), config, init=shared)
+    split.load_state_dict(
+        {k: v for k, v in shared.state_dict().items() if not k.startswith("corrector.")}, strict=False
+    )
+    assert len(split.corrector.last) == 2 and split.corrector.last[0] is not split.corrector.last[1]
+    x = torch.rand(1, 3, 61, 67)
+    for scale in (1.7, 2.0, 3.1, (1.5, 4.0)):
+        expected = Rescaler(shared, device="cpu").downscale(x, scale=scale)
+        assert torch.equal(Rescaler(split, device="cpu").downscale(x, scale=scale), expected), scale
+    with torch.no_grad():
+        split.corrector.last[1].bias.add_(0.05)  # x(2, 4]'s own: x(1, 2] keeps its LR
+    assert torch.equal(
+        Rescaler(split, device="cpu").downscale(x, scale=1.7), Rescaler(shared, device="cpu").downscale(x, scale=1.7)
+    )
+    assert not torch.equal(
+        Rescaler(split, device="cpu").downscale(x, scale=3.1), Rescaler(shared, device="cpu").downscale(x, scale=3.1)
+    )
+    with pytest.raises(ValueError, match="init-from's corrector"):
+        attach_corrector(randomize(IARN(first_config(**MIDDLE))), shared.corrector.config, init=split)
+
+
 @pytest.mark.parametrize("scale", SCALES, ids=str)
 def test_fresh_corrector_changes_nothing(scale):
     plain = randomize(IARN(first_config(**MIDDLE)))
@@ -97,9 +126,9 @@ def test_fresh_corrector_changes_nothing(scale):
 
 
 @pytest.mark.parametrize("scale", SCALES, ids=str)
-@pytest.mark.parametrize("passes", PASSES)
-def test_corrector_changes_the_lr_not_the_upscaler(scale, passes):
-    network = corrected_network(passes=passes)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_corrector_changes_the_lr_not_the_upscaler(scale, variant):
+    network = corrected_network(**VARIANTS[variant])
     model = Rescaler(network, device="cpu")
     x = torch.rand(1, 3, 41, 53)
     corrected = model.downscale(x, scale=scale)
@@ -115,9 +144,9 @@ def test_corrector_changes_the_lr_not_the_upscaler(scale, passes):
 
 
 @pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=str)
-@pytest.mark.parametrize("passes", PASSES)
-def test_corrected_tiles_equal_whole(scale, passes):
-    model = Rescaler(corrected_network(passes=passes), device="cpu")
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_corrected_tiles_equal_whole(scale, variant):
+    model = Rescaler(corrected_network(**VARIANTS[variant]), device="cpu")
     x = torch.rand(1, 3, 150, 170)
     whole = model.downscale(x, scale=scale)
     tiled = model.downscale(x, scale=scale, tile=48)
@@ -125,9 +154,9 @@ def test_corrected_tiles_equal_whole(scale, passes):
     assert (whole != tiled).float().mean() < 0.01
 
 
-@pytest.mark.parametrize("passes", PASSES)
-def test_weight_file_round_trip_keeps_the_corrector(tmp_path, passes):
-    network = corrected_network(passes=passes)
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_weight_file_round_trip_keeps_the_corrector(tmp_path, variant):
+    network = corrected_network(**VARIANTS[variant])
     path = tmp_path / "c.safetensors"
     save_weights(network, path)
     loaded = load_weights(path)
@@ -156,6 +185,8 @@ def test_corrector_config_is_checked():
         CorrectorConfig.from_dict({"widht": 8})
     with torch.device("meta"):
         assert Corrector(CorrectorConfig()).last.weight.is_meta
+    with pytest.raises(ValueError, match="per_count"):
+        CorrectorConfig(per_count="yes")
 
 
 def content(kind: str, size=(96, 120)) -> torch.Tensor:
@@ -183,9 +214,11 @@ def content(kind: str, size=(96, 120)) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("kind", ["text", "lines", "checkerboard", "noise"])
-@pytest.mark.parametrize("effort, passes", [(0, 1), (1, 1), (1, 2), (2, 2)])
-def test_every_lr_keeps_the_bound_on_any_content(kind, effort, passes):
-    model = Rescaler(corrected_network(passes=passes), device="cpu")
+@pytest.mark.parametrize(
+    "effort, variant", [(0, "one-pass"), (1, "one-pass"), (1, "two-pass"), (2, "two-pass"), (1, "per-count")]
+)
+def test_every_lr_keeps_the_bound_on_any_content(kind, effort, variant):
+    model = Rescaler(corrected_network(**VARIANTS[variant]), device="cpu")
     chosen = EFFORTS[effort]
     set_corrector(model, chosen)
     x = content(kind)
@@ -248,6 +281,36 @@ def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_fo
     assert not (tmp_path / "none" / "model.safetensors").exists()
 
 
+def test_corrector_training_through_a_codec(tmp_path, image_folder):
+    """With a codec, the loss is the HR error of what the real codec gives back (its pixels; the
+    surrogate's gradient), each step at a quality drawn from the recipe's range and logged."""
+    from iarn.codec import through_codec_batch
+    from iarn.corrector_train import corrector_loss
+    from iarn.model import quantize_8bit
+    from iarn.refine import error_per_image
+
+    cfg = CorrectorTrainConfig(codec="jpeg", codec_quality_min=70, codec_quality_max=90, lr_psnr_min=0.0)
+    network = corrected_network(passes=2)
+    hr = torch.rand(2, 3, 48, 40)
+    coded = corrector_loss(network, hr, (24, 20), cfg, quality=80)["loss"]
+    with torch.no_grad():
+        lr = quantize_8bit(network.down_region(hr, (48, 40), (24, 20), correct=True)[0].clamp(0, 1))
+        restored = network.up_region(through_codec_batch(lr, ("jpeg", 80)), (48, 40), (24, 20))
+        expected = torch.log(error_per_image(restored, hr, "y") / (48 * 40)).mean()
+    assert torch.allclose(coded, expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(coded, corrector_loss(network, hr, (24, 20), cfg)["loss"], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="codec must be one of"):
+        CorrectorTrainConfig(codec="png")
+    with pytest.raises(ValueError, match="codec_quality_min <= codec_quality_max"):
+        CorrectorTrainConfig(codec="jpeg", codec_quality_min=95, codec_quality_max=75)
+    base_path = tmp_path / "base.safetensors"
+    save_weights(randomize(IARN(first_config(**MIDDLE))), base_path)
+    run = dict(base=str(base_path), corrector=CorrectorConfig(width=8, depth=3), steps=3, batch_size=2, crop=32)
+    train_corrector(dataclasses.replace(cfg, data=(str(image_folder),), out=str(tmp_path / "run"), log_every=1, **run))
+    records = [json.loads(line) for line in (tmp_path / "run" / "corrector-log.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(70 <= r["quality"] <= 90 and np.isfinite(r["loss"]) for r in records)
+
+
 def test_the_recipe_files_load():
     from pathlib import Path
 
@@ -291,3 +354,22 @@ def test_a_model_with_a_corrector_exports_its_forward_pass(tmp_path):
     expected = model.downscale(hr, scale=2, refine=RefineConfig(lr_psnr_min=0))
     (got,) = OnnxRescaler(down, up).down.run(None, {"hr": hr.numpy(), "lr_shape": np.zeros((24, 32), np.uint8)})
     assert (torch.from_numpy(got) - expected).abs().max() <= 1 / 255 + 1e-6
+
+
+def test_training_flags_of_true_or_false_fields_are_switches():
+    from iarn.cli import build_parser
+
+    def parsed(*flags):
+        return build_parser().parse_args(["train-corrector", "--data", "d", *flags]).per_count
+
+    assert parsed() is None and parsed("--per-count") is True and parsed("--no-per-count") is False
+
+
+def test_effort_levels_by_name():
+    from iarn.effort import effort_level
+
+    assert effort_level("1") == EFFORTS[1] and effort_level("0+10") == type(EFFORTS[0])(False, 10)
+    assert effort_level("1@3") == type(EFFORTS[1])(True, 0, 3) and effort_level("2+5").passes == EFFORTS[2].passes
+    for bad in ("9", "x", "1+y", ""):
+        with pytest.raises(ValueError, match="effort level"):
+            effort_level(bad)

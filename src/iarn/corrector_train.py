@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from .codec import through_codec_batch
 from .data import CropSampler
 from .devices import resolve_device
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
@@ -34,7 +35,8 @@ from .model import IARN, quantize_8bit
 from .model.corrector import Corrector, CorrectorConfig
 from .refine import LR_PSNR_MARGIN, error_per_image, luma, project_lr
 from .resample import resize
-from .train import next_batch
+from .train import codec_quality, next_batch
+from .train_config import check_codec_fields
 from .weights import load_weights, resolve_weights, save_weights, weights_id
 
 CORRECTOR_TRAIN_BOUNDS = {
@@ -74,6 +76,11 @@ class CorrectorTrainConfig:
     scale_power: float = 1.0
     asymmetric_share: float = 0.3
     integer_share: float = 0.3
+    codec: str = "none"  # none | jpeg | webp: the corrected LR through it before the upscale
+    codec_quality_min: int = 75  # each codec step draws its quality from [min, max]
+    codec_quality_max: int = 95
+    codec_share: float = 1.0  # share of steps through the codec (the rest lossless)
+    codec_gradient: str = "surrogate"  # straight | surrogate (codec.py)
     seed: int = 0
     checkpoint_every: int = 250
     log_every: int = 25
@@ -85,6 +92,7 @@ class CorrectorTrainConfig:
             check_number(name, getattr(self, name), low, high, whole=name in WHOLE)
         check_choice("lr_bound", self.lr_bound, LR_BOUNDS)
         check_choice("objective", self.objective, OBJECTIVES)
+        check_codec_fields(self)
         if self.crop % 8:
             raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
         if not self.scale_min <= self.scale_max:
@@ -109,26 +117,35 @@ class CorrectorTrainConfig:
 
 def attach_corrector(network: IARN, config: CorrectorConfig, init: IARN | None = None) -> IARN:
     """Freeze `network`'s invertible core and give it a fresh corrector (or `init`'s, which must
-    have the same corrector config but for its passes; one pass where this run asks for more:
-    its first pass is taken and the feedback starts fresh, changing nothing; a feedback stack is
-    never dropped)."""
+    have the same corrector config but for its passes and `per_count`; one pass where this run
+    asks for more: its first pass is taken and the feedback starts fresh, changing nothing; a
+    shared stack where this run asks for `per_count`: every step count starts from it; a
+    feedback stack or a per-count one is never dropped)."""
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     network.corrector = Corrector(config).to(network.device)
     if init is not None and init.corrector is not None:
         given = init.corrector.config
-        same_but_passes = dataclasses.replace(given, passes=config.passes) == config
-        if not same_but_passes or given.passes > 1 and config.passes == 1:
+        same = dataclasses.replace(given, passes=config.passes, per_count=config.per_count) == config
+        if not same or given.passes > 1 and config.passes == 1 or given.per_count and not config.per_count:
             raise ValueError(f"init-from's corrector is {given}, this run asks for {config}")
-        network.corrector.load_state_dict(init.corrector.state_dict(), strict=given.passes > 1 or config.passes == 1)
+        start = Corrector(dataclasses.replace(config, per_count=given.per_count)).to(network.device)
+        start.load_state_dict(init.corrector.state_dict(), strict=given.passes > 1 or config.passes == 1)
+        if config.per_count and not given.per_count:
+            network.corrector.shared_to_per_count(start)
+            if config.passes > 1:
+                network.corrector.feedback.shared_to_per_count(start.feedback)
+        else:
+            network.corrector.load_state_dict(start.state_dict())
     return network
 
 
 def corrector_loss(
-    network: IARN, hr: torch.Tensor, lr_size: tuple[int, int], cfg: CorrectorTrainConfig
+    network: IARN, hr: torch.Tensor, lr_size: tuple[int, int], cfg: CorrectorTrainConfig, quality: int | None = None
 ) -> dict[str, torch.Tensor]:
     """The training objective on HR crops (B, 3, c, c) in [0, 1]: the HR error per pixel of
-    `upscale(q(LR'))` (refinement's Y loss), LR' the corrected LR held to the bound by
+    `upscale(q(LR'))` (refinement's Y loss; with `quality`, of `upscale(codec(q(LR')))`, the
+    recipe's codec at that quality), LR' the corrected LR held to the bound by
     `cfg.lr_bound`: `project` (onto `lr_psnr_min` dB per crop, as at inference) or `penalty` (a
     squared penalty on each crop's shortfall under `lr_psnr_min` + 1 dB; inference projects).
     `cfg.objective`: `mse` (the batch's mean error) or `log` (the mean of each crop's log error:
@@ -147,7 +164,10 @@ def corrector_loss(
         shortfall = (lr_mse / (allowed * 10 ** (-1 / 10)) - 1).clamp_min(0)
         penalty = PENALTY_WEIGHT * shortfall.pow(2).mean() if cfg.lr_psnr_min > 0 else lr_mse.new_zeros(())
         lr = lr.clamp(0, 1)
-    restored = network.up_region(quantize_8bit(lr), hr_size, lr_size)
+    lr = quantize_8bit(lr)
+    if quality is not None:
+        lr = through_codec_batch(lr, (cfg.codec, quality), cfg.codec_gradient)
+    restored = network.up_region(lr, hr_size, lr_size)
     error = error_per_image(restored, hr, "y") / (hr_size[0] * hr_size[1])
     fit = torch.log(error.clamp_min(1e-12)).mean() if cfg.objective == "log" else error.mean() / error.detach().mean()
     with torch.no_grad():
@@ -208,13 +228,14 @@ def train_corrector(
         hr, lr_size, scale = next_batch(sampler, cfg, 0, step)  # as train.py's rank 0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
-        values = corrector_loss(network, hr, lr_size, cfg)
+        quality = codec_quality(cfg, step)
+        values = corrector_loss(network, hr, lr_size, cfg, quality)
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
         optimizer.step()
         step += 1
         if step % cfg.log_every == 0:
-            record = {"step": step, "scale": scale, "time": round(clock() - started, 1)}
+            record = {"step": step, "scale": scale, "quality": quality, "time": round(clock() - started, 1)}
             record.update({k: float(v.detach()) for k, v in values.items()})
             log.write(json.dumps(record) + "\n")
             log.flush()

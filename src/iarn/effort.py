@@ -51,10 +51,25 @@ def plan(effort: int | None, refine: int | None, device: torch.device) -> Effort
     return chosen if refine is None else Effort(chosen.corrector, refine, chosen.passes)
 
 
+def effort_level(name: str) -> Effort:
+    """A level by name: "E" (effort E), "E+N" (effort E with N refinement steps: what `--effort E
+    --refine N` runs; "0+10" is refinement from the network's own LR) or "E@P" (effort E with the
+    corrector in P passes: "1@3"), for benchmarks and tables."""
+    head, _, steps = name.partition("+")
+    effort, _, passes = head.partition("@")
+    try:
+        chosen = EFFORTS[int(effort)]
+        return Effort(
+            chosen.corrector, int(steps) if steps else chosen.refine, int(passes) if passes else chosen.passes
+        )
+    except (KeyError, ValueError):
+        raise ValueError(f'effort level {name!r}: expected "E", "E+N" or "E@P" with E in 0-{max(EFFORTS)}') from None
+
+
 def set_corrector(model, chosen: Effort) -> None:
     """Switch a Rescaler's corrector on or off, in the passes `chosen` says."""
     model.correct = chosen.corrector
     model.corrector_passes = chosen.passes
 
 
-__all__ = ["EFFORTS", "Effort", "default_effort", "plan", "set_corrector"]
+__all__ = ["EFFORTS", "Effort", "default_effort", "effort_level", "plan", "set_corrector"]

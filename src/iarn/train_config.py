@@ -46,11 +46,9 @@ TRAIN_BOUNDS = {
     "lr_psnr_target": (0.0, 80.0),
     "lr_shortfall_power": (0.0, 16.0),
     "lambda_z": (0.0, 1e4),
-    "codec_quality_min": (1, 100),
-    "codec_quality_max": (1, 100),
-    "codec_share": (0.0, 1.0),
     **SHARED_TRAIN_BOUNDS,
 }
+CODEC_BOUNDS = {"codec_quality_min": (1, 100), "codec_quality_max": (1, 100), "codec_share": (0.0, 1.0)}
 WHOLE_FIELDS = (
     "steps",
     "batch_size",
@@ -60,9 +58,20 @@ WHOLE_FIELDS = (
     "checkpoint_every",
     "log_every",
     "threads",
-    "codec_quality_min",
-    "codec_quality_max",
 )
+
+
+def check_codec_fields(cfg) -> None:
+    """The codec fields that the network's and the corrector's recipes share: codec,
+    codec_gradient, codec_quality_min/max (each codec step draws its quality from them) and
+    codec_share."""
+    check_choice("codec", cfg.codec, CODECS)
+    check_choice("codec_gradient", cfg.codec_gradient, CODEC_GRADIENTS)
+    for name, (low, high) in CODEC_BOUNDS.items():
+        check_number(name, getattr(cfg, name), low, high, whole=name != "codec_share")
+    if cfg.codec_quality_min > cfg.codec_quality_max:
+        low, high = cfg.codec_quality_min, cfg.codec_quality_max
+        raise ValueError(f"need codec_quality_min <= codec_quality_max, got {low} and {high}")
 
 
 def model_config(values: dict) -> ModelConfig:
@@ -116,8 +125,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choice("schedule", self.schedule, ("cosine", "step"))
-        check_choice("codec", self.codec, CODECS)
-        check_choice("codec_gradient", self.codec_gradient, CODEC_GRADIENTS)
+        check_codec_fields(self)
         check_choice("amp", self.amp, ("none", "bf16"))
         check_choice("compile_mode", self.compile_mode, COMPILE_MODES)
         check_flag("compile", self.compile)
@@ -137,9 +145,6 @@ class TrainConfig:
                 f"need 1 <= scale_min <= scale_max <= model.max_scale ({self.model.max_scale:g}), "
                 f"got {self.scale_min:g} and {self.scale_max:g}"
             )
-        if self.codec_quality_min > self.codec_quality_max:
-            low, high = self.codec_quality_min, self.codec_quality_max
-            raise ValueError(f"need codec_quality_min <= codec_quality_max, got {low} and {high}")
         if self.lr_shortfall_power > 0 and self.lr_psnr_target <= 0:
             raise ValueError("lr_shortfall_power needs an lr_psnr_target (the LR PSNR a shortfall is measured from)")
 

@@ -42,18 +42,20 @@ def train_arguments(parser: argparse.ArgumentParser) -> None:
         help="size the schedule to --max-minutes from the measured step rate (--steps: the most)",
     )
     parser.add_argument("--lr", type=finite_float, action=RenamedFlag, dest="learning_rate", help=argparse.SUPPRESS)
-    for cls in (TrainConfig, ModelConfig):
-        for f in dataclasses.fields(cls):
-            if f.name == "model":
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if f.name == "data":
-                parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
-            elif f.type in ("bool", bool):
-                parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
-            else:
-                kind = {"int": int, "float": finite_float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+    field_flags(parser, [f for cls in (TrainConfig, ModelConfig) for f in dataclasses.fields(cls) if f.name != "model"])
+
+
+def field_flags(parser: argparse.ArgumentParser, fields: list[dataclasses.Field]) -> None:
+    """One flag per config field (`--field-name`), None unless given: flags override a --config."""
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "data":
+            parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
+        elif f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": finite_float}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
 
 
 def run(args) -> int:
@@ -131,16 +133,9 @@ def corrector_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-minutes", type=positive_float, metavar="M", help="end this invocation after M minutes (resumable)"
     )
-    for cls in (CorrectorTrainConfig, CorrectorConfig):
-        for f in dataclasses.fields(cls):
-            if f.name == "corrector" or (cls is CorrectorConfig and f.name == "steps"):  # steps: the model's levels
-                continue
-            flag = "--" + f.name.replace("_", "-")
-            if f.name == "data":
-                parser.add_argument(flag, nargs="+", metavar="DIR", default=None, help="folders of HR images")
-            else:
-                kind = {"int": int, "float": finite_float}.get(str(f.type), str)
-                parser.add_argument(flag, type=kind, default=None, help=f"(default {f.default})")
+    fields = [f for f in dataclasses.fields(CorrectorTrainConfig) if f.name != "corrector"]
+    fields += [f for f in dataclasses.fields(CorrectorConfig) if f.name != "steps"]  # steps: the model's levels
+    field_flags(parser, fields)
 
 
 def run_corrector(args) -> int:

@@ -9,8 +9,9 @@ It works on the last x2 step's grid, at the LR's size: the LR (3 channels), that
 detail z (9), the detail of the earlier steps pixel-unshuffled to the LR's size (36 for the
 second step of `middle`), and the step's scale encoding (4). Together these hold all of the
 middle image, so nothing of the HR is hidden from it, whatever the scale. Each step count k has
-its own first convolution (the channel counts differ); the rest is shared. Its last convolution
-starts at zero: a fresh corrector changes nothing.
+its own first convolution (the channel counts differ); the rest is shared, or with `per_count`
+each k's own too (more to learn, the same cost per pixel: an image uses one k). Its last
+convolution starts at zero: a fresh corrector changes nothing.
 
 With `passes` 2 or more it also looks at what its answer restores: the LR, rounded to 8 bits,
 goes up through the network's steps (z = 0, as the upscaler does) to the middle image; the
@@ -51,18 +52,22 @@ class CorrectorConfig:
     network's latent loss keeps z about ten times smaller than the HR's own detail, too small
     for a fresh convolution to see); passes: 1, or more with the feedback of what the previous
     pass restores (a second stack of the same width and depth, the same one for every pass
-    after the first)."""
+    after the first); per_count: each step count its own hidden and last convolutions (False:
+    only the first is its own)."""
 
     width: int = 32
     depth: int = 4
     steps: int = 2
     detail_gain: float = 1.0
     passes: int = 1
+    per_count: bool = False
 
     def __post_init__(self) -> None:
         for name, (low, high) in CORRECTOR_BOUNDS.items():
             check_number(f"corrector {name}", getattr(self, name), low, high, whole=True)
         check_number("corrector detail_gain", self.detail_gain, 0.0, 1000.0)
+        if not isinstance(self.per_count, bool):
+            raise ValueError(f"corrector per_count must be true or false, got {self.per_count!r}")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -106,24 +111,43 @@ def corrector_features(
 
 class ConvStack(nn.Module):
     """(lr, features, steps) -> lr + a correction: `depth` 3x3 convolutions, the first per step
-    count (`in_channels(k)` inputs), the last zero at the start."""
+    count (`in_channels(k)` inputs), the others shared or, with `per_count`, per step count too
+    (`hidden[k - 1][i]`, `last[k - 1]`); the last zero at the start."""
 
-    def __init__(self, in_channels: Callable[[int], int], steps: int, width: int, depth: int) -> None:
+    def __init__(
+        self, in_channels: Callable[[int], int], steps: int, width: int, depth: int, per_count: bool = False
+    ) -> None:
         super().__init__()
         self.first = nn.ModuleList(nn.Conv2d(in_channels(k), width, 3, padding=1) for k in range(1, steps + 1))
-        self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 2))
-        self.last = nn.Conv2d(width, 3, 3, padding=1)
+
+        def hidden() -> nn.ModuleList:
+            return nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth - 2))
+
+        def last() -> nn.Conv2d:
+            conv = nn.Conv2d(width, 3, 3, padding=1)
+            if not conv.weight.is_meta:
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+            return conv
+
+        self.per_count = per_count
+        self.hidden = nn.ModuleList(hidden() for _ in range(steps)) if per_count else hidden()
+        self.last = nn.ModuleList(last() for _ in range(steps)) if per_count else last()
         self.act = nn.LeakyReLU(0.2)
-        if not self.last.weight.is_meta:
-            nn.init.zeros_(self.last.weight)
-            nn.init.zeros_(self.last.bias)
 
     def forward(self, lr: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
-        weight_dtype = self.last.weight.dtype
-        h = self.act(self.first[steps - 1](features.to(weight_dtype)))
-        for conv in self.hidden:
+        hidden, last = (self.hidden[steps - 1], self.last[steps - 1]) if self.per_count else (self.hidden, self.last)
+        h = self.act(self.first[steps - 1](features.to(last.weight.dtype)))
+        for conv in hidden:
             h = self.act(conv(h))
-        return lr + self.last(h).to(lr.dtype)
+        return lr + last(h).to(lr.dtype)
+
+    def shared_to_per_count(self, shared: ConvStack) -> None:
+        """Start every step count's convolutions from a shared stack's (of the same sizes)."""
+        self.first.load_state_dict(shared.first.state_dict())
+        for k in range(len(self.first)):
+            self.hidden[k].load_state_dict(shared.hidden.state_dict())
+            self.last[k].load_state_dict(shared.last.state_dict())
 
 
 class Corrector(ConvStack):
@@ -132,10 +156,11 @@ class Corrector(ConvStack):
 
     def __init__(self, config: CorrectorConfig | None = None) -> None:
         config = config or CorrectorConfig()
-        super().__init__(feature_channels, config.steps, config.width, config.depth)
+        super().__init__(feature_channels, config.steps, config.width, config.depth, config.per_count)
         self.config = config
         more = config.passes > 1
-        self.feedback = ConvStack(feedback_channels, config.steps, config.width, config.depth) if more else None
+        stack = ConvStack(feedback_channels, config.steps, config.width, config.depth, config.per_count)
+        self.feedback = stack if more else None
 
     @property
     def receptive_radius(self) -> int:
