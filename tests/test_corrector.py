@@ -327,6 +327,9 @@ def test_the_recipe_files_load():
         assert network.model == ModelConfig() and network.data == ()
     jpeg = TrainConfig.load(recipes / "jpeg.json")  # the bundled `jpeg` model's fine-tuning
     assert jpeg.codec == "jpeg" and jpeg.codec_gradient == "surrogate" and jpeg.model == ModelConfig()
+    jpeg_corrector = CorrectorTrainConfig.from_dict(read_config_file(recipes / "jpeg_corrector.json"))
+    assert jpeg_corrector.base == "jpeg" and jpeg_corrector.codec == "jpeg" and jpeg_corrector.data == ()
+    assert jpeg_corrector.corrector == cfg.corrector  # the default's architecture: it starts from its corrector
 
 
 def test_the_bound_reference_is_the_protocol_bicubic_in_bands():

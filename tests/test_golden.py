@@ -45,14 +45,15 @@ def test_bundled_model_output_is_pinned(name):
     assert psnr_y(up8, hr) == pytest.approx(expected["restored_psnr_y"], abs=0.01)
 
 
-LEGACY = GOLDEN / "legacy"  # LR files of the previous release's default and what it restored from them
+LEGACY = GOLDEN / "legacy"  # LR files of the previous release's default (and jpeg) and what it restored from them
 
 
 @pytest.mark.parametrize("name", json.loads((LEGACY / "legacy.json").read_text())["images"])
 def test_lrs_of_the_previous_release_upscale_to_the_same_pixels(name, tmp_path, capsys):
     """Shipping an LR corrector (or new metadata) leaves the upscaler bit-identical: an LR file
-    written by the previous release upscales with the bundled default to what it gave then, and
-    `iarn upscale` takes it as the default's own (no warning of a foreign model)."""
+    written by the previous release upscales with the bundled model it names (the default; the
+    `jpeg` before its corrector) to what it gave then, and `iarn upscale` takes it as that
+    model's own (no warning of a foreign model)."""
     from iarn.cli import main
 
     legacy = json.loads((LEGACY / "legacy.json").read_text())
