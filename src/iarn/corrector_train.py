@@ -6,12 +6,14 @@ The base model's invertible network is frozen: only the corrector learns, so the
 weights stay bit-identical and every LR the base ever wrote still upscales to the same pixels.
 Each step: HR crops at one scale, the network's LR through the corrector, held to the LR bound
 exactly as at inference (`refine.project_lr` onto `lr_psnr_min` dB PSNR-Y against the 8-bit
-bicubic LR, per crop), rounded to 8 bits (straight-through), upscaled; the loss is refinement's
-own (the HR error in Y plus a tenth of RGB, refine.py). The output weight file is the base's
-tensors unchanged plus the corrector's, with both configs in its metadata.
+bicubic LR, per crop), rounded to 8 bits (straight-through), through the recipe's `codec` where
+it names one (the real codec's pixels, `codec_gradient`'s gradient: the `jpeg` model's
+corrector), upscaled; the loss is refinement's own (the HR error in Y plus a tenth of RGB,
+refine.py). The output weight file is the base's tensors unchanged plus the corrector's, with
+both configs in its metadata.
 
-Every step's crops and scale are a function of (seed, step), as in train.py, so `--resume`
-continues exactly.
+Every step's crops, scale and codec quality are a function of (seed, step), as in train.py, so
+`--resume` continues exactly.
 """
 
 from __future__ import annotations
