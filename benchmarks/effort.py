@@ -7,10 +7,11 @@
 
 Two parts, in one process on one machine:
 
-- **Time**: a 1 MP image (the bundled sample resized to 1224x816) downscaled at x2 and x3 at each
-  effort, `--repeats` times after one warm-up; medians, and their ratio to effort 0 (the
-  network's pass alone) measured in the same process. With `--codec`, refinement runs through
-  that codec, as for an LR written as JPEG or WebP.
+- **Time**: a 1 MP image (the bundled sample resized to 1224x816) downscaled at x2 and x3
+  (`--timing-scales`) at each effort, in `--repeats` rounds of every effort after one warm-up
+  round; medians, and the median over rounds of each round's ratio to the first effort (0: the
+  network's pass alone), so that a machine whose speed drifts moves both sides of a ratio. With
+  `--codec`, refinement runs through that codec, as for an LR written as JPEG or WebP.
 - **Fidelity**: per dataset, scale and effort, the protocol's mean PSNR-Y of the round trip and
   the smallest LR PSNR-Y against the bicubic LR of any image (the 44 dB promise holds per
   image), with fp32 on the device given.
@@ -57,29 +58,32 @@ def timing(
     repeats: int,
     size: tuple[int, int] = ONE_MEGAPIXEL,
     codec: tuple[str, int] | None = None,
+    scales: tuple[float, ...] = (2.0, 3.0),
 ) -> dict:
-    """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at x2 and x3;
-    `codec`: refinement through it (an LR written as JPEG or WebP: what `-o small.jpg` runs)."""
+    """{scale: {effort: {"median_s", "ratio"}}} for an image of `size` (H, W; 1 MP) at `scales`;
+    `codec`: refinement through it (an LR written as JPEG or WebP: what `-o small.jpg` runs).
+    Each round runs every effort once (the first round a warm-up), so a machine whose speed
+    drifts moves every effort's times alike."""
     sample = Image.open(sample_image_path()).convert("RGB").resize(size[::-1], Image.Resampling.BICUBIC)
     hr = to_tensor(np.array(sample))
     results: dict = {}
-    for scale in (2.0, 3.0):
+    for scale in scales:
         lr_size = size_for_scale(size, scale)
-        row: dict = {}
-        for effort in efforts:
-            chosen = effort_level(effort)
-            set_corrector(model, chosen)
-            times = []
-            for attempt in range(repeats + 1):
+        times: dict[str, list[float]] = {effort: [] for effort in efforts}
+        for attempt in range(repeats + 1):
+            for effort in efforts:
+                chosen = effort_level(effort)
+                set_corrector(model, chosen)
                 start = time.perf_counter()
                 model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=chosen.refine, codec=codec))
-                if attempt:  # the first is a warm-up
-                    times.append(time.perf_counter() - start)
-            row[effort] = {"median_s": statistics.median(times)}
+                if attempt:
+                    times[effort].append(time.perf_counter() - start)
+        row = {}
+        for effort in efforts:  # the ratio: the median of each round's ratio to the first effort
+            ratios = [t / b for t, b in zip(times[effort], times[efforts[0]], strict=True)]
+            row[effort] = {"median_s": statistics.median(times[effort]), "ratio": statistics.median(ratios)}
+            row[effort]["times_s"] = [round(t, 3) for t in times[effort]]
             print(f"x{scale:g} effort {effort}: {row[effort]['median_s']:.2f} s", file=sys.stderr, flush=True)
-        base = row[efforts[0]]["median_s"]
-        for effort in row:
-            row[effort]["ratio"] = row[effort]["median_s"] / base
         results[scale_label((scale, scale))] = row
     return results
 
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-only", action="store_true")
     parser.add_argument("--timing-size", type=parse_size, default=ONE_MEGAPIXEL, metavar="WxH")
+    parser.add_argument("--timing-scales", nargs="+", type=float, default=[2.0, 3.0], metavar="S")
     parser.add_argument("--no-time", action="store_true")
     parser.add_argument(
         "--codec", type=parse_lr_format, metavar="FMT", help="time refinement through a codec: jpeg:90, webp:80"
@@ -167,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         "timing_size": f"{width}x{height}",
     }
     if not args.no_time:
-        results["timing"] = timing(model, args.efforts, args.repeats, args.timing_size, args.codec)
+        scales = tuple(args.timing_scales)
+        results["timing"] = timing(model, args.efforts, args.repeats, args.timing_size, args.codec, scales)
         results["codec"] = args.codec
     if not args.time_only:
         results["fidelity"] = {Path(f).name: fidelity(model, Path(f), args.scales, args.efforts) for f in args.data}

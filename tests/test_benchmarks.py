@@ -198,15 +198,21 @@ def test_effort_table_runs(tmp_path, photo):
         "0",
         "1+2",
         "--repeats",
-        "1",
+        "2",
         "--timing-size",
         "96x64",
+        "--timing-scales",
+        "4",
         "--codec",
         "jpeg:90",
         "--json",
         str(tmp_path / "c.json"),
     )
-    assert "(1.00x)" in coded and json.loads((tmp_path / "c.json").read_text())["codec"] == ["jpeg", 90]
+    results = json.loads((tmp_path / "c.json").read_text())
+    assert "(1.00x)" in coded and results["codec"] == ["jpeg", 90]
+    assert list(results["timing"]) == ["x4"]  # the scales asked for; each effort's time per round
+    assert all(len(row["times_s"]) == 2 for row in results["timing"]["x4"].values())
+    assert results["timing"]["x4"]["0"]["ratio"] == 1.0
 
 
 def test_lossy_table_runs_a_row_per_effort(tmp_path, photo, weights_file):

@@ -3,8 +3,8 @@
 Each level is a corrector switch, the corrector's passes (each after the first is one more pass
 of the network's upscaler, model/corrector.py) and a number of refinement steps (refine.py);
 `--refine N` keeps exact control of the steps. Costs and gains, measured on Set5
-(docs/performance.md, "Effort"): level 1 costs about twice the network's own pass; each
-refinement step about three such passes more.
+(docs/performance.md, "Effort"): level 1 costs about twice the network's own pass, level 2
+about three times; each refinement step about three such passes more.
 """
 
 from __future__ import annotations
@@ -26,15 +26,18 @@ class Effort:
     passes: int | None = None
 
 
-MORE_PASSES = 4  # the corrector's feedback applied three times (it was trained once: measured to gain)
+# Measured on Set5 (docs/history.md, "Three corrector passes"): the feedback stack (trained for
+# one application) applied twice restores best, but refinement ends higher from four passes' LR.
+MORE_PASSES = 3
+REFINE_FROM_PASSES = 4
 EFFORTS = {
     0: Effort(corrector=False, refine=0),  # the invertible network's forward pass alone
     1: Effort(corrector=True, refine=0),  # and its learned corrector: the default on a CPU
     2: Effort(corrector=True, refine=0, passes=MORE_PASSES),
-    3: Effort(corrector=True, refine=5, passes=MORE_PASSES),
-    4: Effort(corrector=True, refine=10, passes=MORE_PASSES),  # the default on a CUDA GPU
-    5: Effort(corrector=True, refine=30, passes=MORE_PASSES),
-    6: Effort(corrector=True, refine=100, passes=MORE_PASSES),
+    3: Effort(corrector=True, refine=5, passes=REFINE_FROM_PASSES),
+    4: Effort(corrector=True, refine=10, passes=REFINE_FROM_PASSES),  # the default on a CUDA GPU
+    5: Effort(corrector=True, refine=30, passes=REFINE_FROM_PASSES),
+    6: Effort(corrector=True, refine=100, passes=REFINE_FROM_PASSES),
 }
 CPU_EFFORT, GPU_EFFORT = 1, 4
 

@@ -88,7 +88,8 @@ def run_roundtrip(args) -> int:
         f"{path.name}: {hr.shape[1]}x{hr.shape[0]} -> {lr_size[1]}x{lr_size[0]} (scale {scale[0]:.3g} x {scale[1]:.3g})"
     )
     corrected = model.correct and model.network.corrector is not None
-    passes = f" in {model.corrector_passes} passes" if corrected and model.corrector_passes else ""
+    trained = model.network.corrector.config.passes if corrected else 1
+    passes = f" in {model.corrector_passes or trained} passes" if corrected and trained > 1 else ""
     corrector = "none" if model.network.corrector is None else "on" if corrected else "off"
     spent = f" (effort: corrector {corrector}{passes}, {refine.steps} refinement steps)"
     print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{spent}")
