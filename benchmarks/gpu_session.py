@@ -31,9 +31,10 @@ subprocess with its own time limit, so one failure loses nothing else:
   between the two directions), on the GPU for half the time left (jpeg_log.jsonl,
   jpeg.safetensors), then benchmarks/lossy_table.py on Set5 at JPEG quality 90 and 75, x2 and
   x4, against bicubic through the same JPEG (in session.md);
-- `corrector` (opt-in): `iarn train-corrector` with config/corrector.json from the bundled
-  corrector (`--init-from`), on the GPU for a share of the time left (corrector_log.jsonl,
-  corrector.safetensors), then its Set5 table at effort 1 (corrector.md);
+- `corrector` (opt-in): `iarn train-corrector` with config/corrector.json and `--per-count`
+  from the bundled corrector (`--init-from`), every scale, on the GPU for a share of the time
+  left (corrector_log.jsonl, corrector.safetensors), then its Set5 table at effort 1
+  (corrector.md);
 - `train` (opt-in): `iarn train --init-from WEIGHTS` (default: the bundled model) with the recipe of
   `TRAIN_RECIPE`, compiled, its cosine schedule fitted to the minutes left (`--fit-steps`);
   eager again if compiling fails (train_log.jsonl, model.safetensors);
@@ -328,6 +329,7 @@ class Plan:
         command = [self.python, "-m", "iarn", "train-corrector", "--config", str(ROOT / "config" / "corrector.json")]
         command += ["--data", str(self.args.data), "--out", str(run), "--device", self.device]
         command += ["--init-from", str(BUNDLED), "--max-minutes", f"{minutes:.2f}", "--steps", "1000000"]
+        command += ["--per-count"]  # the bundled corrector's stacks are per step count: continue them, every scale
         if self.args.smoke:
             command += ["--crop", "32", "--batch-size", "2"]
         session.phase("corrector", command, limit_s=60 * minutes + 60)

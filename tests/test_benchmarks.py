@@ -168,6 +168,46 @@ def test_combine_stages_takes_each_stage_from_its_source(tmp_path):
     assert not (tmp_path / "d").exists()
 
 
+def test_combine_corrector_counts_takes_each_count_from_its_source(tmp_path):
+    import torch
+
+    from iarn import Rescaler, load_weights, save_weights
+    from iarn.weights import read_metadata, same_upscaler, weights_id
+
+    from .test_corrector import corrected_network
+
+    a, b = corrected_network(seed=1, passes=2, per_count=True), corrected_network(seed=1, passes=2, per_count=True)
+    with torch.no_grad():  # b: the same network, another corrector
+        for p in b.corrector.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    save_weights(a, tmp_path / "a.safetensors")
+    save_weights(b, tmp_path / "b.safetensors")
+    script, out = str(TOOLS / "combine_corrector_counts.py"), tmp_path / "c.safetensors"
+    run_script(
+        script, "--take", f"1={tmp_path / 'a.safetensors'}", "--take", f"2={tmp_path / 'b.safetensors'}", "-o", str(out)
+    )
+    combined = load_weights(out)
+    x = torch.rand(1, 3, 41, 37)
+    for scale, source in ((1.7, a), (2.0, a), (3.3, b), ((1.5, 4.0), b)):
+        mine = Rescaler(combined, device="cpu").downscale(x, scale=scale)
+        assert torch.equal(mine, Rescaler(source, device="cpu").downscale(x, scale=scale)), scale
+    assert same_upscaler(weights_id(tmp_path / "a.safetensors"), weights_id(out), out)
+    assert json.loads(read_metadata(out)["training"])["corrector_counts"].keys() == {"1", "2"}
+
+    other = corrected_network(seed=3, passes=2, per_count=True)  # another network: refused
+    save_weights(other, tmp_path / "o.safetensors")
+    for takes, message in (
+        ([f"1={tmp_path / 'a.safetensors'}", f"2={tmp_path / 'o.safetensors'}"], "network's tensors"),
+        ([f"1={tmp_path / 'a.safetensors'}"], "every step count must be taken once"),
+    ):
+        flags = [f for take in takes for f in ("--take", take)]
+        failed = subprocess.run(
+            [sys.executable, script, *flags, "-o", str(tmp_path / "d")], capture_output=True, text=True
+        )
+        assert failed.returncode != 0 and message in failed.stderr and "Traceback" not in failed.stderr
+        assert not (tmp_path / "d").exists()
+
+
 def test_refine_curve_measures_merges_and_plots(tmp_path, weights_file, photo):
     folder = tmp_path / "Tiny"
     folder.mkdir()

@@ -52,7 +52,7 @@ def test_refinement_restores_better_and_keeps_the_lr_bound(bundled, crop, scale)
     assert lr.shape == lr0.shape
     assert torch.equal(lr, (lr * 255).round() / 255)  # 8-bit values, as saved
     assert hr_error(bundled, lr, crop) < 0.95 * hr_error(bundled, lr0, crop)  # 0.2 dB or more
-    assert hr_error(bundled, lr, crop) < 0.99 * hr_error(bundled, corrected, crop)  # and past the corrector
+    assert hr_error(bundled, lr, crop) < 0.995 * hr_error(bundled, corrected, crop)  # and past the corrector (0.02 dB)
     reference = reference_lr(crop, tuple(lr.shape[-2:]))
     assert float(lr_psnr_y(lr, reference)) >= 44.0
 

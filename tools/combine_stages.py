@@ -34,7 +34,7 @@ def parse_take(text: str) -> tuple[list[int], str]:
     try:
         return [int(i) for i in indexes.split(",")], path
     except ValueError:
-        raise argparse.ArgumentTypeError(f"stage indexes must be whole numbers, got {indexes!r}") from None
+        raise argparse.ArgumentTypeError(f"indexes must be whole numbers, got {indexes!r}") from None
 
 
 def combine(takes: list[tuple[list[int], IARN]]) -> IARN:
