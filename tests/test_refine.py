@@ -42,17 +42,18 @@ def reference_lr(hr, lr_size):
     return (resize(hr.double(), lr_size).clamp(0, 1) * 255).round().float() / 255
 
 
-@pytest.mark.parametrize("scale", [2, 3, (1.5, 4)], ids=["x2", "x3", "1.5x4"])
-def test_refinement_restores_better_and_keeps_the_lr_bound(bundled, crop, scale):
+# steps: where the corrector's LR leaves less to gain, more of them (x(2, 4] since 2026-12-07)
+@pytest.mark.parametrize("scale, steps", [(2, 8), (3, 8), ((1.5, 4), 12)], ids=["x2", "x3", "1.5x4"])
+def test_refinement_restores_better_and_keeps_the_lr_bound(bundled, crop, scale, steps):
     corrected = bundled.downscale(crop, scale=scale)  # refinement starts from the corrector's LR
-    lr = bundled.downscale(crop, scale=scale, refine=8)
+    lr = bundled.downscale(crop, scale=scale, refine=steps)
     bundled.correct = False
     lr0 = bundled.downscale(crop, scale=scale)  # the network's forward pass
     bundled.correct = True
     assert lr.shape == lr0.shape
     assert torch.equal(lr, (lr * 255).round() / 255)  # 8-bit values, as saved
     assert hr_error(bundled, lr, crop) < 0.95 * hr_error(bundled, lr0, crop)  # 0.2 dB or more
-    assert hr_error(bundled, lr, crop) < 0.995 * hr_error(bundled, corrected, crop)  # and past the corrector (0.02 dB)
+    assert hr_error(bundled, lr, crop) < 0.99 * hr_error(bundled, corrected, crop)  # and past the corrector
     reference = reference_lr(crop, tuple(lr.shape[-2:]))
     assert float(lr_psnr_y(lr, reference)) >= 44.0
 

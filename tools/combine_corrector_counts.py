@@ -40,9 +40,9 @@ def network_state(model: IARN) -> dict[str, torch.Tensor]:
 def combine(takes: list[tuple[list[int], IARN]]) -> IARN:
     """The first source with step count k's convolutions (every pass) from the source that lists k."""
     model = takes[0][1]
-    config, network = model.corrector.config if model.corrector else None, network_state(model)
-    taken: list[int] = []
     targets = count_stacks(model)
+    config, network = model.corrector.config, network_state(model)
+    taken: list[int] = []
     for counts, source in takes:
         if source.corrector is None or source.corrector.config != config or source.config != model.config:
             raise ValueError("sources differ in config")
