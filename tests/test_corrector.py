@@ -330,11 +330,14 @@ def test_the_recipe_files_load():
     jpeg_corrector = CorrectorTrainConfig.from_dict(read_config_file(recipes / "jpeg_corrector.json"))
     assert jpeg_corrector.base == "jpeg" and jpeg_corrector.codec == "jpeg" and jpeg_corrector.data == ()
     assert jpeg_corrector.corrector == cfg.corrector  # the default's architecture: it starts from its corrector
-    # the shipped per-count leg: the same corrector with its own convolutions per step count,
-    # trained on the x(2, 4] path only (so the x(1, 2] path's LRs stay those of the shared stacks)
-    leg = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x2-4.json"))
-    assert leg.corrector == dataclasses.replace(cfg.corrector, per_count=True) and leg.data == ()
-    assert 2.0 < leg.scale_min and leg.scale_max == 4.0
+    # the shipped per-count legs: the same corrector with its own convolutions per step count,
+    # each trained on one path only (so the other path's LRs stay as they were)
+    x2_4 = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x2-4.json"))
+    x1_2 = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x1-2.json"))
+    for leg in (x2_4, x1_2):
+        assert leg.corrector == dataclasses.replace(cfg.corrector, per_count=True) and leg.data == ()
+    assert 2.0 < x2_4.scale_min and x2_4.scale_max == 4.0
+    assert x1_2.scale_min == 1.0 and x1_2.scale_max == 2.0
 
 
 def test_the_bound_reference_is_the_protocol_bicubic_in_bands():
