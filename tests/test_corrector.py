@@ -333,10 +333,12 @@ def test_the_recipe_files_load():
     # the shipped per-count legs: the same corrector with its own convolutions per step count,
     # each trained on one path only (so the other path's LRs stay as they were)
     x2_4 = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x2-4.json"))
+    x2_4b = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x2-4b.json"))
     x1_2 = CorrectorTrainConfig.from_dict(read_config_file(recipes / "corrector_x1-2.json"))
-    for leg in (x2_4, x1_2):
+    for leg in (x2_4, x2_4b, x1_2):
         assert leg.corrector == dataclasses.replace(cfg.corrector, per_count=True) and leg.data == ()
-    assert 2.0 < x2_4.scale_min and x2_4.scale_max == 4.0
+    for leg in (x2_4, x2_4b):
+        assert 2.0 < leg.scale_min and leg.scale_max == 4.0
     assert x1_2.scale_min == 1.0 and x1_2.scale_max == 2.0
 
 
