@@ -1,5 +1,5 @@
 """The LR corrector: identity when fresh, the upscaler untouched, every scale, tiles, weight files,
-its training, the LR bound on any content, and the effort levels."""
+its training, the LR bound on any content, a partial last pass, and the effort levels."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ import torch
 from iarn import IARN, Rescaler, load_weights, save_weights
 from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
 from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan, set_corrector
-from iarn.model.corrector import Corrector, CorrectorConfig, feature_channels, feedback_channels
+from iarn.model.corrector import (
+    LAST_PASS_BLOCK,
+    Corrector,
+    CorrectorConfig,
+    feature_channels,
+    feedback_channels,
+    split_passes,
+    worst_block_runs,
+)
 from iarn.refine import RefineConfig, hold_lr_bound, lr_psnr_y, reference_lr
 from iarn.weights import same_upscaler, weights_id
 
@@ -72,6 +80,98 @@ def test_passes_are_chosen_at_run_time():
     assert not torch.equal(more, trained)
     tiled = model.downscale(x, scale=2.7, tile=48)
     assert (more - tiled).abs().max() <= 1 / 255 + 1e-6 and (more != tiled).float().mean() < 0.01
+
+
+def test_worst_block_runs_pick_the_largest_means_as_runs():
+    energy = torch.zeros(70, 100)  # blocks of 32: rows 32, 32, 6; columns 32, 32, 32, 4
+    assert worst_block_runs(energy, 0.0) == []
+    assert worst_block_runs(energy, 1.0) == [(0, 32, 0, 100), (32, 64, 0, 100), (64, 70, 0, 100)]
+    energy[0:32, 32:96] = 2.0  # two neighbours: one run
+    energy[64:70, 0:32] = 3.0  # a short block: ranked by its mean, not its sum
+    energy[40, 96:100] = 1.0  # a narrow block's mean: 4 / (32 * 4)
+    assert worst_block_runs(energy, 3 / 12) == [(0, 32, 32, 96), (64, 70, 0, 32)]
+    assert worst_block_runs(energy, 4 / 12) == [(0, 32, 32, 96), (32, 64, 96, 100), (64, 70, 0, 32)]
+    assert worst_block_runs(energy, 0.01) == [(64, 70, 0, 32)]  # above 0: at least one block
+    assert worst_block_runs(torch.zeros(5, 5), 0.5) == [(0, 5, 0, 5)]  # one block, smaller than a block
+    tie = torch.ones(32, 96)
+    assert worst_block_runs(tie, 1 / 3) == [(0, 32, 0, 32)]  # ties: the earlier block
+
+
+def test_split_passes():
+    assert split_passes(2) == (2, 0.0) and split_passes(1) == (1, 0.0)
+    whole, share = split_passes(2.4)
+    assert whole == 2 and share == pytest.approx(0.4)
+    for bad in (0, 0.5, 1.5):  # a fraction needs a full feedback pass before it: its error chooses
+        with pytest.raises(ValueError, match="corrector passes"):
+            split_passes(bad)
+
+
+def partial_pass_lrs(network, x, lr_size, *passes):
+    hr_size = (x.shape[-2], x.shape[-1])
+    with torch.no_grad():
+        return [network.down_region(x, hr_size, lr_size, correct=True, passes=p)[0] for p in passes]
+
+
+def test_a_partial_last_pass_changes_only_its_blocks(monkeypatch):
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "RUNAWAY", float("inf"))  # no block skipped
+    network = corrected_network(passes=2)
+    x, lr_size = torch.rand(1, 3, 160, 200), (64, 80)  # x2.5: blocks 2 x 3, the last column smaller
+    two, partial, three = partial_pass_lrs(network, x, lr_size, 2, 2.4, 3)
+    changed = (partial != two).any(1)[0]
+    blocks = [
+        changed[i : i + LAST_PASS_BLOCK, j : j + LAST_PASS_BLOCK]
+        for i in range(0, lr_size[0], LAST_PASS_BLOCK)
+        for j in range(0, lr_size[1], LAST_PASS_BLOCK)
+    ]
+    assert [bool(b.all()) for b in blocks] == [bool(b.any()) for b in blocks]  # whole blocks or none
+    assert sum(bool(b.all()) for b in blocks) == round(0.4 * 6)
+    # where it acts, it moves the LR the way a full third pass does
+    inside = changed[None, None].expand_as(two)
+    assert float(((partial - three)[inside]).abs().mean()) < float(((two - three)[inside]).abs().mean())
+
+
+def test_a_partial_last_pass_skips_runaway_blocks_and_small_scales(monkeypatch):
+    import iarn.model.modes.middle as middle
+
+    network = corrected_network(passes=2)
+    x = torch.rand(1, 3, 160, 200)
+    two, partial = partial_pass_lrs(network, x, (80, 100), 2, 2.4)  # x2: one x2 step
+    assert torch.equal(partial, two)
+    monkeypatch.setattr(middle, "RUNAWAY", 0.0)  # every block counts as one the last pass made worse
+    two, partial = partial_pass_lrs(network, x, (64, 80), 2, 2.4)
+    assert torch.equal(partial, two)
+
+
+def test_a_partial_pass_with_all_blocks_and_context_is_the_full_pass(monkeypatch):
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "LAST_PASS_MARGIN", 10_000)  # every window: the whole crop
+    monkeypatch.setattr(middle, "RUNAWAY", float("inf"))
+    model = Rescaler(corrected_network(passes=2), device="cpu")
+    x = torch.rand(1, 3, 150, 170)
+    for tile in (None, 48):
+        model.corrector_passes = 3
+        full = model.downscale(x, scale=2.7, tile=tile)
+        model.corrector_passes = 2.9999  # every block
+        assert torch.equal(model.downscale(x, scale=2.7, tile=tile), full)
+
+
+@pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=str)
+@pytest.mark.parametrize("variant", ["two-pass", "per-count"])
+def test_a_partial_pass_in_tiles_differs_only_by_its_choice_of_blocks(scale, variant):
+    # each tile chooses its own share of blocks (the time it spends stays the share of a pass):
+    # within one level of the whole image's LR, and in fewer pixels than the pass itself moves
+    model = Rescaler(corrected_network(**VARIANTS[variant]), device="cpu")
+    x = torch.rand(1, 3, 150, 170)
+    whole = {}
+    for passes in (2, 3, 2.4):
+        model.corrector_passes = passes
+        whole[passes] = model.downscale(x, scale=scale)
+    tiled = model.downscale(x, scale=scale, tile=48)
+    assert (whole[2.4] - tiled).abs().max() <= 1 / 255 + 1e-6
+    assert (whole[2.4] != tiled).float().mean() < 0.5 * (whole[2] != whole[3]).float().mean()
 
 
 def test_a_two_pass_run_starts_from_a_one_pass_corrector():
@@ -244,8 +344,21 @@ def test_effort_plan():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert plan(None, None, cpu) == EFFORTS[CPU_EFFORT] and plan(None, None, cuda) == EFFORTS[GPU_EFFORT]
     assert plan(0, None, cpu).corrector is False and plan(0, 7, cpu).refine == 7
-    assert plan(None, 3, cpu) == type(EFFORTS[1])(corrector=True, refine=3)
+    assert plan(None, 3, cpu) == type(EFFORTS[1])(corrector=True, refine=3, passes=EFFORTS[1].passes)
     assert [EFFORTS[e].refine for e in sorted(EFFORTS)] == sorted(EFFORTS[e].refine for e in EFFORTS)
+
+
+def test_effort_one_runs_whole_passes_for_a_codec_trained_model():
+    import iarn
+
+    lossless, lossy = iarn.load("default", device="cpu"), iarn.load("jpeg", device="cpu")
+    unnamed = Rescaler(corrected_network(passes=2), device="cpu")  # no file: nothing recorded
+    for model in (lossless, lossy, unnamed):
+        set_corrector(model, EFFORTS[1])
+    assert lossless.corrector_passes == unnamed.corrector_passes == EFFORTS[1].passes == 2.4
+    assert lossy.corrector_passes == 2
+    set_corrector(lossy, EFFORTS[2])
+    assert lossy.corrector_passes == EFFORTS[2].passes
 
 
 def test_corrector_training_learns_and_writes_a_complete_file(tmp_path, image_folder):
@@ -383,6 +496,7 @@ def test_effort_levels_by_name():
 
     assert effort_level("1") == EFFORTS[1] and effort_level("0+10") == type(EFFORTS[0])(False, 10)
     assert effort_level("1@3") == type(EFFORTS[1])(True, 0, 3) and effort_level("2+5").passes == EFFORTS[2].passes
-    for bad in ("9", "x", "1+y", ""):
+    assert effort_level("1@2.4").passes == 2.4 and EFFORTS[1].passes == 2.4
+    for bad in ("9", "x", "1+y", "", "1@1.5", "1@0", "1@y"):
         with pytest.raises(ValueError, match="effort level"):
             effort_level(bad)

@@ -7,8 +7,9 @@ CLI's file-to-file jobs (the LR records the original size and the model).
 
 Defaults differ from the CLI's on purpose: `iarn.load()` runs in fp32 (the CLI: `--precision
 auto`) and refines nothing unless `refine=N` is given (the CLI: `--effort`); both use the
-model's LR corrector (`model.correct = False` turns it off, like `--effort 0`;
-`model.corrector_passes = 3` runs it as `--effort 2` does).
+model's LR corrector (`model.correct = False` turns it off, like `--effort 0`), here in the
+passes it was trained with (`model.corrector_passes = 2.4` runs it as `--effort 1` does, `3` as
+`--effort 2`).
 """
 
 from __future__ import annotations

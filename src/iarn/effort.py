@@ -1,10 +1,11 @@
 """Effort: one number for how much `downscale` spends choosing the LR, as encoders have (cjxl -e).
 
 Each level is a corrector switch, the corrector's passes (each after the first is one more pass
-of the network's upscaler, model/corrector.py) and a number of refinement steps (refine.py);
-`--refine N` keeps exact control of the steps. Costs and gains, measured on Set5
-(docs/performance.md, "Effort"): level 1 costs about twice the network's own pass, level 2
-about three times; each refinement step about three such passes more.
+of the network's upscaler, model/corrector.py; a fraction, one on that share of the LR's
+blocks) and a number of refinement steps (refine.py); `--refine N` keeps exact control of the
+steps. Costs and gains, measured on Set5 (docs/performance.md, "Effort"): level 1 costs 2 to
+2.5 times the network's own pass, level 2 about three times; each refinement step about three
+such passes more.
 """
 
 from __future__ import annotations
@@ -19,20 +20,25 @@ if TYPE_CHECKING:  # not at run time: the CLI's --help reads this module and mus
 @dataclass(frozen=True)
 class Effort:
     """corrector: run the network's LR corrector (where the model has one); passes: its passes
-    (None: as many as it was trained with); refine: refinement steps."""
+    (None: as many as it was trained with; 2.4: a third on 40 % of the LR's blocks); refine:
+    refinement steps."""
 
     corrector: bool
     refine: int
-    passes: int | None = None
+    passes: float | None = None
 
 
 # Measured on Set5 (docs/history.md, "Three corrector passes"): the feedback stack (trained for
 # one application) applied twice restores best, but refinement ends higher from four passes' LR.
+# The CPU default runs the second application above x2 on the 40 % of the LR's blocks where the
+# error is largest: most of its gain inside 3x the network's time (history.md, "A partial third
+# pass"; model/modes/middle.py says where it is left out).
+DEFAULT_PASSES = 2.4
 MORE_PASSES = 3
 REFINE_FROM_PASSES = 4
 EFFORTS = {
     0: Effort(corrector=False, refine=0),  # the invertible network's forward pass alone
-    1: Effort(corrector=True, refine=0),  # and its learned corrector: the default on a CPU
+    1: Effort(corrector=True, refine=0, passes=DEFAULT_PASSES),  # and its corrector: the default on a CPU
     2: Effort(corrector=True, refine=0, passes=MORE_PASSES),
     3: Effort(corrector=True, refine=5, passes=REFINE_FROM_PASSES),
     4: Effort(corrector=True, refine=10, passes=REFINE_FROM_PASSES),  # the default on a CUDA GPU
@@ -57,22 +63,33 @@ def plan(effort: int | None, refine: int | None, device: torch.device) -> Effort
 def effort_level(name: str) -> Effort:
     """A level by name: "E" (effort E), "E+N" (effort E with N refinement steps: what `--effort E
     --refine N` runs; "0+10" is refinement from the network's own LR) or "E@P" (effort E with the
-    corrector in P passes: "1@3"), for benchmarks and tables."""
+    corrector in P passes: "1@3"; "1@2.4": the last pass on 40 % of the blocks), for benchmarks
+    and tables."""
     head, _, steps = name.partition("+")
     effort, _, passes = head.partition("@")
     try:
         chosen = EFFORTS[int(effort)]
-        return Effort(
-            chosen.corrector, int(steps) if steps else chosen.refine, int(passes) if passes else chosen.passes
-        )
+        count = chosen.passes if not passes else int(passes) if passes.isdigit() else float(passes)
+        if count is not None and not (count >= 1 and (count == int(count) or count > 2)):
+            raise ValueError
+        return Effort(chosen.corrector, int(steps) if steps else chosen.refine, count)
     except (KeyError, ValueError):
-        raise ValueError(f'effort level {name!r}: expected "E", "E+N" or "E@P" with E in 0-{max(EFFORTS)}') from None
+        raise ValueError(
+            f'effort level {name!r}: expected "E", "E+N" or "E@P" with E in 0-{max(EFFORTS)}, P 1, 2, ... or above 2'
+        ) from None
 
 
 def set_corrector(model, chosen: Effort) -> None:
-    """Switch a Rescaler's corrector on or off, in the passes `chosen` says."""
+    """Switch a Rescaler's corrector on or off, in the passes `chosen` says; a model trained
+    through a lossy codec (the bundled `jpeg`) in whole passes only: through JPEG a partial last
+    pass measured -0.02 to +0.01 dB on Set5 (docs/history.md, "A partial third pass")."""
+    from .weights import trained_codec
+
+    passes = chosen.passes
+    if passes is not None and passes != int(passes) and trained_codec(model.path) is not None:
+        passes = int(passes)
     model.correct = chosen.corrector
-    model.corrector_passes = chosen.passes
+    model.corrector_passes = passes
 
 
 __all__ = ["EFFORTS", "Effort", "default_effort", "effort_level", "plan", "set_corrector"]

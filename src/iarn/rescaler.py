@@ -55,7 +55,7 @@ class Rescaler:
         self.model_id: str | None = None  # NAME@HASH of the weight file (`load` sets it)
         self.path: str | None = None  # the weight file (`load` sets it)
         self.correct = True  # downscale through the network's LR corrector, where it has one
-        self.corrector_passes: int | None = None  # its passes (None: as many as it was trained with)
+        self.corrector_passes: float | None = None  # its passes (None: as trained; 2.4: effort 1's)
         self._fp32: IARN | None = None  # fp32_network's copy
 
     @property

@@ -18,7 +18,10 @@ goes up through the network's steps (z = 0, as the upscaler does) to the middle 
 middle image's error, Haar-transformed to the LR's grid (3 * 4^k channels), goes with that LR
 and the encoding into a second stack of convolutions (`feedback`, its last layer zero too),
 which corrects the LR again; the same stack once per pass after the first. A learned
-refinement step: one network pass more each, no gradient.
+refinement step: one network pass more each, no gradient. A fractional count of passes
+(2.4) makes the last one partial: the feedback stack runs only on the share (0.4) of the LR's
+blocks where the previous pass's error is largest, each run of chosen blocks upscaled with a
+few LR pixels of context (`worst_block_runs`): most of a full pass's gain at a share of its cost.
 
 Shapes: lr (B, 3, h, w); features (B, feature_channels(k), h, w) or (B,
 feedback_channels(k), h, w); output (B, 3, h, w), unquantised (the runner rounds it and holds
@@ -38,6 +41,8 @@ from torch import nn
 
 from ..fields import check_number, from_known_fields
 
+LAST_PASS_BLOCK = 32  # LR pixels a side of the blocks that a partial last pass chooses among
+LAST_PASS_MARGIN = 4  # LR pixels of context around each run of chosen blocks (Set5: 8 gains nothing)
 CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4), "passes": (1, 4)}
 LR_CHANNELS = 3
 GRID_CHANNELS = 12  # one x2 step: 3 LR channels and 9 of detail
@@ -109,6 +114,47 @@ def corrector_features(
     return torch.cat(parts, dim=1)
 
 
+def split_passes(passes: float) -> tuple[int, float]:
+    """(whole passes, share of the blocks the one after them covers) of a count of passes:
+    2.4 -> (2, 0.4), 3 -> (3, 0.0). A fraction needs two whole passes before it: the share is
+    chosen by the error of the last full one."""
+    whole = int(passes)
+    share = float(passes) - whole
+    if whole < 1 or (share > 0 and whole < 2):
+        raise ValueError(f"corrector passes must be a whole number >= 1 or a number above 2, got {passes}")
+    return whole, share
+
+
+def worst_block_runs(energy: torch.Tensor, share: float, block: int = LAST_PASS_BLOCK) -> list[tuple[int, ...]]:
+    """Regions (top, bottom, left, right), in pixels of `energy` (h, w), that hold the `share`
+    (0 to 1; at least one block when above 0) of its `block` x `block` blocks with the largest
+    mean (the last row and column of blocks may be smaller), as runs of neighbouring chosen blocks
+    along each row of blocks, top to bottom, left to right. Ties go to the earlier block."""
+    h, w = energy.shape
+    rows, cols = -(-h // block), -(-w // block)
+    pad = (0, cols * block - w, 0, rows * block - h)
+    values = energy.double()[None, None]
+    sums = nn.functional.avg_pool2d(nn.functional.pad(values, pad), block)
+    counts = nn.functional.avg_pool2d(nn.functional.pad(torch.ones_like(values), pad), block)
+    means = (sums / counts).flatten()
+    count = 0 if share <= 0 else min(means.numel(), max(1, round(share * means.numel())))
+    chosen = torch.zeros(means.numel(), dtype=torch.bool)
+    chosen[torch.argsort(-means, stable=True)[:count].cpu()] = True
+    chosen = chosen.view(rows, cols).tolist()
+    runs = []
+    for i, row in enumerate(chosen):
+        j = 0
+        while j < cols:
+            if not row[j]:
+                j += 1
+                continue
+            start = j
+            while j < cols and row[j]:
+                j += 1
+            runs.append((i * block, min(h, (i + 1) * block), start * block, min(w, j * block)))
+    return runs
+
+
 class ConvStack(nn.Module):
     """(lr, features, steps) -> lr + a correction: `depth` 3x3 convolutions, the first per step
     count (`in_channels(k)` inputs), the others shared or, with `per_count`, per step count too
@@ -176,4 +222,6 @@ __all__ = [
     "feature_channels",
     "feedback_channels",
     "feedback_features",
+    "split_passes",
+    "worst_block_runs",
 ]

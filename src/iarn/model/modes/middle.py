@@ -6,6 +6,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 
 import torch
+from torch import nn
 
 from ...geometry import Size
 from ...resample import (
@@ -19,12 +20,32 @@ from ...resample import (
     resample_matrix_graph,
     resize_graph,
 )
-from ..corrector import corrector_features, feedback_features
+from ..corrector import (
+    LAST_PASS_BLOCK,
+    LAST_PASS_MARGIN,
+    corrector_features,
+    feedback_features,
+    split_passes,
+    worst_block_runs,
+)
 from ..coupling import LR_CHANNELS
 from ..encoding import middle_encoding, middle_encoding_graph, scale_encoding_graph
 from ..haar import haar_forward_levels
 from .base import Core, Range, resample_crop
 from .grid import Split
+
+# A partial last pass (a fractional count of passes) runs for 2 or more x2 steps (scales above
+# 2): the x(1, 2] stacks applied once more lost up to 0.44 dB at x1.5 (Kodak), the x(2, 4] ones
+# gain. It skips a block where the last full pass had made the error RUNAWAY times larger (a
+# slide's flat text: Set14 ppt3 at x2.5 lost 2.4 dB without this). docs/history.md, "A partial
+# third pass".
+PARTIAL_PASS_STEPS = 2
+RUNAWAY = 2.0
+
+
+def _rounded(lr: torch.Tensor) -> torch.Tensor:
+    """The 8-bit LR that a file holds, without a gradient."""
+    return torch.round(lr.clamp(0, 1) * 255) / 255
 
 
 class MiddleImageMode(Split):
@@ -98,20 +119,59 @@ class MiddleImageMode(Split):
         """The corrector's LR for the crop's whole LR `lr` (each pass after the first: with the
         error of the middle image that the previous pass's 8-bit LR restores, no gradient through
         that error); `passes` None: as many as the corrector was trained with; more reuse its
-        feedback stack."""
+        feedback stack; a fraction (2.4) makes the last pass partial (`partial_feedback`) where
+        the LR is PARTIAL_PASS_STEPS or more x2 steps down, and leaves it out below."""
         corrector, steps = net.corrector, len(details)
         gain = corrector.config.detail_gain
         lr = corrector(lr, corrector_features(lr, details, cond, gain), steps)
-        passes = corrector.config.passes if passes is None else passes
+        whole, share = split_passes(corrector.config.passes if passes is None else passes)
         if corrector.feedback is None:
-            passes = 1
-        for _ in range(passes - 1):  # the same feedback stack each time
+            whole, share = 1, 0.0
+        error = None
+        for _ in range(whole - 1):  # the same feedback stack each time
             with torch.no_grad():
-                rounded = torch.round(lr.clamp(0, 1) * 255) / 255
-                error = middle_crop - self.middle_from_lr(net, rounded, hr_size, lr_size, lr_start, None)
+                error = middle_crop - self.middle_from_lr(net, _rounded(lr), hr_size, lr_size, lr_start, None)
                 features = feedback_features(lr, haar_forward_levels(error, steps), cond, gain)
             lr = corrector.feedback(lr, features, steps)
+        if share > 0 and steps >= PARTIAL_PASS_STEPS:
+            lr = self.partial_feedback(net, lr, error, share, cond, middle_crop, lr_start, hr_size, lr_size, steps)
         return lr
+
+    def partial_feedback(self, net, lr, error, share, cond, middle_crop, lr_start, hr_size, lr_size, steps):
+        """One more feedback pass on the `share` of the LR's blocks where the last full pass's
+        middle `error` (B, 3, f h, f w) is largest, per image: each run of chosen blocks is
+        upscaled with LAST_PASS_MARGIN LR pixels of context, its error fed to the feedback stack,
+        and the run's own pixels taken, block by block, but for a block whose error the last
+        full pass made RUNAWAY times larger; the rest of `lr` (B, 3, h, w) stays as it is."""
+        factor = 2**steps
+        gain, margin = net.corrector.config.detail_gain, LAST_PASS_MARGIN
+        h, w = lr.shape[-2:]
+        with torch.no_grad():
+            energy = nn.functional.avg_pool2d(error.pow(2).sum(1, keepdim=True), factor)[:, 0]
+        out = lr.clone()
+        for b in range(lr.shape[0]):
+            for top, bottom, left, right in worst_block_runs(energy[b], share):
+                t, le = max(0, top - margin), max(0, left - margin)  # the run and its context
+                rows, cols = slice(t, min(h, bottom + margin)), slice(le, min(w, right + margin))
+                window = lr[b : b + 1, :, rows, cols]
+                with torch.no_grad():
+                    start = (lr_start[0] + t, lr_start[1] + le)
+                    restored = self.middle_from_lr(net, _rounded(window), hr_size, lr_size, start, None)
+                    middle_rows, middle_cols = (
+                        slice(factor * rows.start, factor * rows.stop),
+                        slice(factor * cols.start, factor * cols.stop),
+                    )
+                    local = middle_crop[b : b + 1, :, middle_rows, middle_cols] - restored
+                    features = feedback_features(window, haar_forward_levels(local, steps), cond[..., rows, cols], gain)
+                    after = nn.functional.avg_pool2d(local.pow(2).sum(1, keepdim=True), factor)[0, 0]
+                corrected = net.corrector.feedback(window, features, steps)
+                for j in range(left, right, LAST_PASS_BLOCK):
+                    stop = min(right, j + LAST_PASS_BLOCK)
+                    before = energy[b, top:bottom, j:stop].mean()
+                    if after[top - t : bottom - t, j - le : stop - le].mean() > RUNAWAY * before:
+                        continue  # the last full pass made this block worse: no more of it here
+                    out[b : b + 1, :, top:bottom, j:stop] = corrected[..., top - t : bottom - t, j - le : stop - le]
+        return out
 
     def middle_from_lr(self, net, lr, hr_size, lr_size, lr_start, noise):
         """The middle image's crop that the LR crop `lr` at `lr_start` restores (the steps inverted)."""
