@@ -421,3 +421,10 @@ def test_a_failed_write_names_the_real_file_not_the_temporary(tmp_path):
     with pytest.raises(OSError) as raised:
         atomic_write(tmp_path / "model-downscale.onnx", full)
     assert raised.value.filename == str(tmp_path / "model-downscale.onnx") and not list(tmp_path.iterdir())
+
+
+def test_roundtrip_says_how_many_corrector_passes_ran(photo_file, capsys):
+    """Effort 1's partial third pass runs above x2 only: the report says what ran."""
+    for scale, passes in (("2", "in 2 passes"), ("2.5", "in 2.4 passes")):
+        assert main(["roundtrip", str(photo_file), "--scale", scale]) == 0
+        assert f"corrector on {passes}," in capsys.readouterr().out

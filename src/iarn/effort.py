@@ -92,4 +92,14 @@ def set_corrector(model, chosen: Effort) -> None:
     model.corrector_passes = passes
 
 
-__all__ = ["EFFORTS", "Effort", "default_effort", "effort_level", "plan", "set_corrector"]
+def partial_pass_runs(model, hr_size: tuple[int, int], lr_size: tuple[int, int]) -> bool:
+    """Whether a fractional count of corrector passes runs its partial last pass for these sizes
+    (a middle-image model, two or more x2 steps: model/modes/middle.py)."""
+    from .model.modes.middle import PARTIAL_PASS_STEPS, MiddleImageMode
+
+    network = model.network
+    geometry = network.geometry(hr_size, lr_size)
+    return isinstance(geometry, MiddleImageMode) and geometry.steps(network, hr_size, lr_size) >= PARTIAL_PASS_STEPS
+
+
+__all__ = ["EFFORTS", "Effort", "default_effort", "effort_level", "partial_pass_runs", "plan", "set_corrector"]

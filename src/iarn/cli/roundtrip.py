@@ -56,6 +56,7 @@ def add_parsers(commands) -> None:
 def run_roundtrip(args) -> int:
     from ..api import resize_alpha
     from ..codec import through_codec
+    from ..effort import partial_pass_runs
     from ..evaluate import bicubic_roundtrip, model_roundtrip
     from ..geometry import target_size
     from ..imageio import as_written, read_picture, write_picture
@@ -89,7 +90,10 @@ def run_roundtrip(args) -> int:
     )
     corrected = model.correct and model.network.corrector is not None
     trained = model.network.corrector.config.passes if corrected else 1
-    passes = f" in {model.corrector_passes or trained} passes" if corrected and trained > 1 else ""
+    shown = model.corrector_passes or trained
+    if shown != int(shown) and not partial_pass_runs(model, (hr.shape[0], hr.shape[1]), lr_size):
+        shown = int(shown)
+    passes = f" in {shown:g} passes" if corrected and trained > 1 else ""
     corrector = "none" if model.network.corrector is None else "on" if corrected else "off"
     spent = f" (effort: corrector {corrector}{passes}, {refine.steps} refinement steps)"
     print(f"  iarn round trip    PSNR-Y {ours:6.2f} dB{spent}")
