@@ -70,8 +70,10 @@ def effort_level(name: str) -> Effort:
     try:
         chosen = EFFORTS[int(effort)]
         count = chosen.passes if not passes else int(passes) if passes.isdigit() else float(passes)
-        if count is not None and not (count >= 1 and (count == int(count) or count > 2)):
-            raise ValueError
+        if count is not None:
+            from .model.corrector import split_passes
+
+            split_passes(count)  # its ValueError for a count no corrector runs
         return Effort(chosen.corrector, int(steps) if steps else chosen.refine, count)
     except (KeyError, ValueError):
         raise ValueError(
