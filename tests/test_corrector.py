@@ -13,6 +13,7 @@ import torch
 from iarn import IARN, Rescaler, load_weights, save_weights
 from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
 from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan, set_corrector
+from iarn.metrics import Y_WEIGHTS
 from iarn.model.corrector import (
     LAST_PASS_BLOCK,
     Corrector,
@@ -66,7 +67,10 @@ def test_fresh_second_pass_changes_nothing(scale):
     assert torch.equal(a, Rescaler(two, device="cpu").downscale(x, scale=scale))
 
 
-def test_passes_are_chosen_at_run_time():
+def test_passes_are_chosen_at_run_time(monkeypatch):
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)  # each extra pass kept, as it comes
     two = corrected_network(passes=2)
     one = IARN(two.config, CorrectorConfig(width=8, depth=3))
     one.load_state_dict(two.state_dict(), strict=False)
@@ -116,6 +120,7 @@ def test_a_partial_last_pass_changes_only_its_blocks(monkeypatch):
     import iarn.model.modes.middle as middle
 
     monkeypatch.setattr(middle, "RUNAWAY", float("inf"))  # no block skipped
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)  # the third pass as it comes
     network = corrected_network(passes=2)
     x, lr_size = torch.rand(1, 3, 160, 200), (64, 80)  # x2.5: blocks 2 x 3, the last column smaller
     two, partial, three = partial_pass_lrs(network, x, lr_size, 2, 2.4, 3)
@@ -149,6 +154,7 @@ def test_a_partial_pass_with_all_blocks_and_context_is_the_full_pass(monkeypatch
 
     monkeypatch.setattr(middle, "LAST_PASS_MARGIN", 10_000)  # every window: the whole crop
     monkeypatch.setattr(middle, "RUNAWAY", float("inf"))
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)
     model = Rescaler(corrected_network(passes=2), device="cpu")
     x = torch.rand(1, 3, 150, 170)
     for tile in (None, 48):
@@ -158,11 +164,133 @@ def test_a_partial_pass_with_all_blocks_and_context_is_the_full_pass(monkeypatch
         assert torch.equal(model.downscale(x, scale=2.7, tile=tile), full)
 
 
+def test_local_error_is_the_windowed_mean_per_lr_pixel():
+    from iarn.model.modes.middle import local_error
+
+    error = torch.randn(2, 3, 36, 52, dtype=torch.float64)  # x4: an LR of 9 x 13
+    per_pixel = error.pow(2).sum(1).reshape(2, 9, 4, 13, 4).mean((2, 4))
+    for window in (1, 5, 33):
+        r = window // 2
+        expected = torch.empty(2, 9, 13, dtype=torch.float64)
+        for i in range(9):
+            for j in range(13):
+                expected[:, i, j] = per_pixel[:, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].mean((1, 2))
+        assert torch.allclose(local_error(error, 4, window)[:, 0], expected)
+
+
+@pytest.mark.parametrize("scale", [2.0, 2.7], ids=str)
+def test_passes_beyond_the_trained_hold_where_the_last_one_ran_away(monkeypatch, scale):
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)  # the hold alone
+    network = corrected_network(passes=2)
+    x = torch.rand(1, 3, 150, 170)
+    lr_size = (round(150 / scale), round(170 / scale))
+    monkeypatch.setattr(middle, "RUNAWAY", float("inf"))  # no hold: each pass moves the LR
+    two, three, four = partial_pass_lrs(network, x, lr_size, 2, 3, 4)
+    assert not torch.equal(three, two) and not torch.equal(four, three)
+    monkeypatch.setattr(middle, "RUNAWAY", 0.0)  # every pixel counts as one the last pass made worse
+    held = partial_pass_lrs(network, x, lr_size, 2, 3, 4)
+    assert torch.equal(held[0], two)  # the trained passes are never held
+    assert torch.equal(held[1], two) and torch.equal(held[2], two)
+    monkeypatch.setattr(middle, "RUNAWAY", 2.0)  # somewhere between: a pixel held or as without the hold
+    _, guarded, _ = partial_pass_lrs(network, x, lr_size, 2, 3, 4)
+    assert bool(((guarded == two) | (guarded == three)).all())
+
+
+def test_hr_error_is_the_luma_error_the_hr_sees():
+    from iarn.model.modes.middle import hr_error
+
+    error = torch.randn(2, 3, 40, 48, dtype=torch.float64)
+    luma = (error * torch.tensor(Y_WEIGHTS, dtype=torch.float64)[:, None, None]).sum(1)
+    assert torch.allclose(hr_error(error, (40, 48), (40, 48)), luma.pow(2).mean((1, 2)))  # x2: the HR itself
+    gray = torch.ones(1, 3, 40, 48, dtype=torch.float64)  # luma weights sum to 219/255
+    checker = gray * (-1.0) ** (torch.arange(40)[:, None] + torch.arange(48)[None])
+    smooth = gray * torch.linspace(-1, 1, 48, dtype=torch.float64)
+    # a middle image 1.6x the HR: detail the HR cannot hold is dropped, smooth error kept
+    assert float(hr_error(checker, (25, 30), (40, 48))) < 0.05 * float(hr_error(checker, (40, 48), (40, 48)))
+    assert float(hr_error(smooth, (25, 30), (40, 48))) == pytest.approx(
+        float(hr_error(smooth, (40, 48), (40, 48))), rel=0.05
+    )
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_an_extra_pass_is_kept_only_if_it_lowers_the_error(monkeypatch, seed):
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "RUNAWAY", float("inf"))
+    network = corrected_network(seed=seed, passes=2)
+    with torch.no_grad():  # feedback stacks that help on some images, harm on others
+        for p in network.corrector.feedback.parameters():
+            p.mul_(0.1 * (seed + 1))
+    torch.manual_seed(seed)
+    x, lr_size = torch.rand(2, 3, 96, 112), (48, 56)  # x2: the middle image is the HR
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)
+    two, three = partial_pass_lrs(network, x, lr_size, 2, 3)
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", True)
+    (checked,) = partial_pass_lrs(network, x, lr_size, 3)
+
+    def error(lr, b):  # in luma, as PSNR-Y scores
+        with torch.no_grad():
+            restored = network.up_region(torch.round(lr[b : b + 1].clamp(0, 1) * 255) / 255, (96, 112), lr_size)
+        return float(((restored - x[b : b + 1]) * torch.tensor(Y_WEIGHTS)[:, None, None]).sum(1).pow(2).mean())
+
+    for b in range(2):  # each image its own choice, the one that restores better
+        better = two if error(three, b) > error(two, b) else three
+        assert torch.equal(checked[b], better[b])
+
+
+def test_refinement_starts_from_unchecked_extra_passes(monkeypatch):
+    # the check serves the LR that is written; where refinement follows, its own loss decides
+    import iarn.rescaler as rescaler
+
+    network = corrected_network(seed=0, passes=2)
+    with torch.no_grad():
+        for p in network.corrector.feedback.parameters():
+            p.mul_(0.1)
+    model = Rescaler(network, device="cpu")
+    model.corrector_passes = 3
+    x = torch.rand(1, 3, 96, 112)
+    with torch.no_grad():
+        checked, unchecked = (
+            network.down_region(x, (96, 112), (48, 56), correct=True, passes=3, check_passes=c)[0]
+            for c in (True, False)
+        )
+    assert not torch.equal(checked, unchecked)  # this network's third pass does not help: the check drops it
+    starts = []
+    monkeypatch.setattr(rescaler, "refine_lr", lambda network, x, lr, *rest: starts.append(lr) or lr)
+    written = model.downscale(x, size=(48, 56))
+    model.downscale(x, size=(48, 56), refine=1)
+    assert torch.equal(written, hold_lr_bound(checked, x, 44.0))
+    assert torch.equal(starts[0], hold_lr_bound(unchecked, x, 44.0))
+
+
+@pytest.mark.parametrize("scale", [2.0, 2.7], ids=str)
+def test_checked_extra_passes_in_tiles_choose_per_tile(monkeypatch, scale):
+    # each tile keeps the extra pass or not: every pixel between the two choices, blends included
+    import iarn.model.modes.middle as middle
+
+    model = Rescaler(corrected_network(seed=3, passes=2), device="cpu")
+    x = torch.rand(1, 3, 150, 170)
+    model.corrector_passes = 3
+    tiled = model.downscale(x, scale=scale, tile=48)
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)
+    unchecked = model.downscale(x, scale=scale)
+    model.corrector_passes = 2
+    two = model.downscale(x, scale=scale)
+    assert not torch.equal(two, unchecked)
+    low, high = torch.minimum(two, unchecked), torch.maximum(two, unchecked)
+    assert bool(((tiled >= low - 1 / 255 - 1e-6) & (tiled <= high + 1 / 255 + 1e-6)).all())
+
+
 @pytest.mark.parametrize("scale", [2.7, (1.5, 3.3)], ids=str)
 @pytest.mark.parametrize("variant", ["two-pass", "per-count"])
-def test_a_partial_pass_in_tiles_differs_only_by_its_choice_of_blocks(scale, variant):
+def test_a_partial_pass_in_tiles_differs_only_by_its_choice_of_blocks(monkeypatch, scale, variant):
     # each tile chooses its own share of blocks (the time it spends stays the share of a pass):
     # within one level of the whole image's LR, and in fewer pixels than the pass itself moves
+    import iarn.model.modes.middle as middle
+
+    monkeypatch.setattr(middle, "CHECK_EXTRA_PASSES", False)  # the full third pass as it comes
     model = Rescaler(corrected_network(**VARIANTS[variant]), device="cpu")
     x = torch.rand(1, 3, 150, 170)
     whole = {}

@@ -13,7 +13,8 @@ from iarn import load
 from iarn.cli import main
 from iarn.convert import to_tensor
 from iarn.imageio import REFINE_KEY, read_picture
-from iarn.refine import Y_WEIGHTS, RefineConfig, TiledObjective, lr_psnr_y, luma, project_lr, refine_lr
+from iarn.metrics import Y_WEIGHTS
+from iarn.refine import RefineConfig, TiledObjective, lr_psnr_y, luma, project_lr, refine_lr
 from iarn.resample import resize
 
 from .conftest import small_model

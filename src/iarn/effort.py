@@ -4,8 +4,8 @@ Each level is a corrector switch, the corrector's passes (each after the first i
 of the network's upscaler, model/corrector.py; a fraction, one on that share of the LR's
 blocks) and a number of refinement steps (refine.py); `--refine N` keeps exact control of the
 steps. Costs and gains, measured on Set5 (docs/performance.md, "Effort"): level 1 costs 2 to
-2.5 times the network's own pass, level 2 about three times; each refinement step about three
-such passes more.
+2.5 times the network's own pass, level 2 about four times (its third pass and one more upscale
+that checks it); each refinement step about three such passes more.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+# BT.601 luma weights for RGB in [0, 1] -> Y / 255 (the offset 16 cancels in differences)
+Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
+
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     """(H, W, 3) uint8 -> (H, W) float64 Y in [16, 235]."""

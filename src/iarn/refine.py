@@ -35,6 +35,7 @@ import torch
 from .codec import jpeg_surrogate, through_codec_batch
 from .fields import check_choice, check_number
 from .geometry import Size
+from .metrics import Y_WEIGHTS
 from .model.modes import resample_crop
 from .model.network import quantize_8bit
 from .resample import input_span
@@ -57,8 +58,6 @@ LR_PSNR_MIN = 44.0  # dB PSNR-Y against the 8-bit bicubic LR: every LR iarn writ
 LR_PSNR_MARGIN = 0.02  # dB above the bound that the projection aims at, so that rounding keeps it
 ROUNDING_STEP_DB = 0.05  # refine_lr: how much higher an image aims after rounding took it under the floor
 BOUND_TRIES = 20  # hold_lr_bound: projections, each aiming 0.1 dB higher for images still under
-# BT.601 luma weights for RGB in [0, 1] -> Y / 255 (the offset 16 cancels in differences)
-Y_WEIGHTS = (65.481 / 255, 128.553 / 255, 24.966 / 255)
 
 
 @dataclass(frozen=True)

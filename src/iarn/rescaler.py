@@ -128,9 +128,10 @@ class Rescaler:
         `refine`, `progress`: as in `downscale`."""
         config = as_refine_config(refine)
         x = x.to(self.device)
-        lr = hold_lr_bound(self._network_lr(x, lr_size, tile), x, config.lr_psnr_min)
         hr_size = (x.shape[-2], x.shape[-1])
-        if config.steps == 0 or hr_size == lr_size:  # an LR of the HR's size is the HR: nothing to refine
+        final = config.steps == 0 or hr_size == lr_size  # an LR of the HR's size is the HR: nothing to refine
+        lr = hold_lr_bound(self._network_lr(x, lr_size, tile, final), x, config.lr_psnr_min)
+        if final:  # else it is refinement's start, and refinement's own loss decides
             return lr
         with torch.inference_mode(False):  # the LR is optimised through the upscaler's autograd
             network = self.fp32_network()
@@ -147,13 +148,14 @@ class Rescaler:
         return self._fp32
 
     @torch.inference_mode()
-    def _network_lr(self, x: torch.Tensor, lr_size: Size, tile: int | None) -> torch.Tensor:
-        """The network's LR, through its corrector when it has one and `correct` is on; unquantised."""
+    def _network_lr(self, x: torch.Tensor, lr_size: Size, tile: int | None, final: bool = True) -> torch.Tensor:
+        """The network's LR, through its corrector when it has one and `correct` is on; unquantised.
+        `final`: the LR written (its passes beyond the trained checked), not refinement's start."""
         hr_size = (x.shape[-2], x.shape[-1])
+        passes = {"correct": self.correct, "passes": self.corrector_passes, "check_passes": final}
         if self.whole_image(hr_size, tile, lr_size):
-            x = as_float(x, self.network.state_dtype)
-            return self.network.down_region(x, hr_size, lr_size, correct=self.correct, passes=self.corrector_passes)[0]
-        return tiled_downscale(self.network, x, lr_size, tile, correct=self.correct, passes=self.corrector_passes)
+            return self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size, **passes)[0]
+        return tiled_downscale(self.network, x, lr_size, tile, **passes)
 
     @torch.inference_mode()
     def upscale_pixels(

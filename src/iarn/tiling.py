@@ -101,11 +101,12 @@ def tiled_downscale(
     context: int = CONTEXT,
     overlap: int = OVERLAP,
     correct: bool = False,
-    passes: int | None = None,
+    passes: float | None = None,
+    check_passes: bool = True,
 ) -> torch.Tensor:
     """(B, 3, H, W) float in [0, 1] or uint8 -> unquantised LR (B, 3, h, w), float, in tiles
-    with cores of about `tile` (default DEFAULT_TILE) HR pixels a side; `correct` as in
-    `IARN.down_region`."""
+    with cores of about `tile` (default DEFAULT_TILE) HR pixels a side; `correct`, `passes` and
+    `check_passes` as in `IARN.down_region`."""
     hr_size = (x.shape[-2], x.shape[-1])
     dtype = model.state_dtype
     tile = tile or DEFAULT_TILE
@@ -116,7 +117,8 @@ def tiled_downscale(
         crop_rows = geometry.hr_span_for_lr(model, hr_size, lr_size, 0, rows, context)
         crop_cols = geometry.hr_span_for_lr(model, hr_size, lr_size, 1, cols, context)
         crop = as_float(x[..., crop_rows[0] : crop_rows[1], crop_cols[0] : crop_cols[1]], dtype)
-        lr, _ = model.down_region(crop, hr_size, lr_size, (crop_rows[0], crop_cols[0]), rows, cols, correct, passes)
+        start = (crop_rows[0], crop_cols[0])
+        lr, _ = model.down_region(crop, hr_size, lr_size, start, rows, cols, correct, passes, check_passes)
         return lr
 
     out = torch.zeros(x.shape[0], 3, *lr_size, dtype=dtype, device=x.device)

@@ -189,7 +189,7 @@ def effort_help() -> str:
     return (
         "how much to spend choosing the LR: 0 = the network's forward pass; 1 = and its learned "
         "corrector in 2 passes, above x2 a third on the 40%% of the LR with the largest error (2x to 2.5x "
-        "the network's time); 2 = the corrector in 3 passes (about 3x); "
+        "the network's time); 2 = the corrector in 3 passes, the third kept where it helps (about 4x); "
         "3, 4, 5, 6 = the corrector in 4 passes and 5, 10, 30, 100 refinement steps "
         "(each about 3x the network's time; up to +2 dB; "
         "a JPEG or lossy WebP output is refined through its codec). "

@@ -254,18 +254,20 @@ class IARN(nn.Module):
         lr_rows: Range | None = None,
         lr_cols: Range | None = None,
         correct: bool = False,
-        passes: int | None = None,
+        passes: float | None = None,
+        check_passes: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """LR rows/cols `lr_rows`, `lr_cols` (default all) from an HR crop starting at `hr_start`;
         `correct`: through the LR corrector, where the network has one (else the forward pass's),
-        in `passes` passes (None: as many as it was trained with).
+        in `passes` passes (None: as many as it was trained with; `check_passes`: each pass beyond
+        the trained kept only if it lowered the error, model/modes/middle.py).
 
         Returns the unquantized LR (B, 3, rows, cols) and the by-product the training loss
         needs (the mode's: `z` in `split` mode, the full-resolution image `x'` in `cycle` mode).
         """
         lr_rows, lr_cols = _full(lr_rows, lr_size[0]), _full(lr_cols, lr_size[1])
         geometry = self.geometry(hr_size, lr_size)
-        return geometry.down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct, passes)
+        return geometry.down(self, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct, passes, check_passes)
 
     def up_region(
         self,

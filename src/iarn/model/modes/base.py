@@ -110,7 +110,8 @@ class Mode:
         lr_rows: Range,
         lr_cols: Range,
         correct: bool = False,
-        passes: int | None = None,
+        passes: float | None = None,
+        check_passes: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Unquantised LR rows/cols of the whole image, from the HR crop `x` at `hr_start`;
         `correct`: through the network's LR corrector, where the mode and network have one."""

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ...geometry import Size
+from ...metrics import Y_WEIGHTS
 from ...resample import (
     apply_matrices,
     as_float64,
@@ -38,9 +39,38 @@ from .grid import Split
 # 2): the x(1, 2] stacks applied once more lost up to 0.44 dB at x1.5 (Kodak), the x(2, 4] ones
 # gain. It skips a block where the last full pass had made the error RUNAWAY times larger (a
 # slide's flat text: Set14 ppt3 at x2.5 lost 2.4 dB without this). docs/history.md, "A partial
-# third pass".
+# third pass". Whole passes beyond the trained ones (efforts 2-6) hold the LR by the same rule,
+# the error compared in a window of GUARD_WINDOW LR pixels around each pixel, and each is kept
+# only if it lowered the crop's luma error as the HR sees it (`hr_error`; one more upscale checks
+# the last): Kodak x1.5 lost 0.45 dB to a third pass without this (history.md, "Extra passes,
+# held and checked").
 PARTIAL_PASS_STEPS = 2
 RUNAWAY = 2.0
+GUARD_WINDOW = 33  # odd
+CHECK_EXTRA_PASSES = True
+HR_FILTER = "bicubic"  # what `hr_error` resizes with (antialiased)
+
+
+def local_error(error: torch.Tensor, factor: int, window: int | None = None) -> torch.Tensor:
+    """The middle image's squared `error` (B, 3, f h, f w) per LR pixel (f = `factor`), averaged
+    over the `window` x `window` LR pixels around it (fewer at the borders; default
+    GUARD_WINDOW) -> (B, 1, h, w)."""
+    window = GUARD_WINDOW if window is None else window
+    energy = nn.functional.avg_pool2d(error.pow(2).sum(1, keepdim=True), factor)
+    for size in ((1, window), (window, 1)):  # separable: a box filter along each axis
+        energy = nn.functional.avg_pool2d(energy, size, 1, (size[0] // 2, size[1] // 2), count_include_pad=False)
+    return energy
+
+
+def hr_error(error: torch.Tensor, hr_size: Size, middle: Size) -> torch.Tensor:
+    """Mean square of a middle image's `error` (B, 3, m, n) in luma (Y), as the HR sees it -> (B,): resized
+    by the HR's factor (`hr_size` / `middle`, at most 1) with an antialiased filter, which drops
+    what the back step to the HR ignores (at x2.5 more than an extra pass changes)."""
+    size = tuple(max(1, round(error.shape[-2 + k] * hr_size[k] / middle[k])) for k in range(2))
+    if size != tuple(error.shape[-2:]):
+        error = nn.functional.interpolate(error, size=size, mode=HR_FILTER, antialias=True, align_corners=False)
+    luma = (error * error.new_tensor(Y_WEIGHTS)[:, None, None]).sum(1)
+    return luma.pow(2).mean((1, 2))
 
 
 def _rounded(lr: torch.Tensor) -> torch.Tensor:
@@ -90,7 +120,7 @@ class MiddleImageMode(Split):
             start, stop = input_span(middle, hr_size[axis], *rows)  # middle rows the HR rows read
         return max(0, (start - context) // factor), min(lr_size[axis], -(-(stop + context) // factor))
 
-    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False, passes=None):
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False, passes=None, check_passes=True):
         steps = self.steps(net, hr_size, lr_size)
         factor, middle = 2**steps, self.core_size(net, hr_size, lr_size)
         rows, cols = (
@@ -111,28 +141,50 @@ class MiddleImageMode(Split):
         latents = [z.flatten(1) for z in details]
         top, left = rows[0] // factor, cols[0] // factor
         if correct and net.corrector is not None:  # on the crop's whole LR: its context absorbs the borders
-            y = self.correct(net, y, details, cond, middle_crop, (top, left), hr_size, lr_size, passes)
+            y = self.correct(net, y, details, cond, middle_crop, (top, left), hr_size, lr_size, passes, check_passes)
         y = y[..., lr_rows[0] - top : lr_rows[1] - top, lr_cols[0] - left : lr_cols[1] - left]
         return y, torch.cat(latents, dim=1)
 
-    def correct(self, net, lr, details, cond, middle_crop, lr_start, hr_size, lr_size, passes=None):
+    def correct(self, net, lr, details, cond, middle_crop, lr_start, hr_size, lr_size, passes=None, check=True):
         """The corrector's LR for the crop's whole LR `lr` (each pass after the first: with the
         error of the middle image that the previous pass's 8-bit LR restores, no gradient through
         that error); `passes` None: as many as the corrector was trained with; more reuse its
-        feedback stack; a fraction (2.4) makes the last pass partial (`partial_feedback`) where
-        the LR is PARTIAL_PASS_STEPS or more x2 steps down, and leaves it out below."""
+        feedback stack, and hold the LR where the pass before made the `local_error` RUNAWAY
+        times larger (from there on); with `check`, each of them is kept for an image of the crop
+        only if it lowered its `hr_error` (one more upscale checks the last); a fraction (2.4)
+        makes the last pass partial (`partial_feedback`) where the LR is PARTIAL_PASS_STEPS or
+        more x2 steps down, and leaves it out below."""
         corrector, steps = net.corrector, len(details)
         gain = corrector.config.detail_gain
         lr = corrector(lr, corrector_features(lr, details, cond, gain), steps)
         whole, share = split_passes(corrector.config.passes if passes is None else passes)
         if corrector.feedback is None:
             whole, share = 1, 0.0
-        error = None
-        for _ in range(whole - 1):  # the same feedback stack each time
+        trained = corrector.config.passes
+        check = check and CHECK_EXTRA_PASSES
+        checks = whole + 1 if check and whole > trained else whole  # the last extra one checked too
+        error = energy = held = before = last_total = None
+        for count in range(2, checks + 1):  # pass `count`: the same feedback stack each time
             with torch.no_grad():
                 error = middle_crop - self.middle_from_lr(net, _rounded(lr), hr_size, lr_size, lr_start, None)
+                previous, energy = energy, local_error(error, 2**steps)
+                if check:
+                    total = hr_error(error, hr_size, self.core_size(net, hr_size, lr_size))
+                    if count - 1 > trained:  # `lr` from an extra pass: kept if it helped
+                        worse = (total > last_total)[:, None, None, None]
+                        lr, energy = torch.where(worse, before, lr), torch.where(worse, previous, energy)
+                        total, held = torch.minimum(total, last_total), held | worse
+                    last_total = total
+            if count > whole:
+                break
+            with torch.no_grad():
                 features = feedback_features(lr, haar_forward_levels(error, steps), cond, gain)
-            lr = corrector.feedback(lr, features, steps)
+            corrected = corrector.feedback(lr, features, steps)
+            if count > trained and previous is not None:  # a pass beyond the trained
+                runaway = energy > RUNAWAY * previous  # the last pass made the error there this much larger
+                held = runaway if held is None else held | runaway
+                corrected = torch.where(held, lr, corrected)
+            before, lr = lr, corrected
         if share > 0 and steps >= PARTIAL_PASS_STEPS:
             lr = self.partial_feedback(net, lr, error, share, cond, middle_crop, lr_start, hr_size, lr_size, steps)
         return lr

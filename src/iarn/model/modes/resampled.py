@@ -23,7 +23,7 @@ class Resample(Mode):
     def lr_span_for_hr(self, net, hr_size, lr_size, axis, rows, context):
         return input_span(lr_size[axis], hr_size[axis], *rows)
 
-    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False, passes=None):
+    def down(self, net, x, hr_size, lr_size, hr_start, lr_rows, lr_cols, correct=False, passes=None, check_passes=True):
         return resample_crop(x, hr_start, hr_size, lr_size, lr_rows, lr_cols), x.new_zeros(x.shape[0], 0)
 
     def up(self, net, lr, hr_size, lr_size, lr_start, hr_rows, hr_cols, noise):
