@@ -152,10 +152,10 @@ class Rescaler:
         """The network's LR, through its corrector when it has one and `correct` is on; unquantised.
         `final`: the LR written (its passes beyond the trained checked), not refinement's start."""
         hr_size = (x.shape[-2], x.shape[-1])
-        passes = {"correct": self.correct, "passes": self.corrector_passes, "check_passes": final}
+        corrector = {"correct": self.correct, "passes": self.corrector_passes, "check_passes": final}
         if self.whole_image(hr_size, tile, lr_size):
-            return self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size, **passes)[0]
-        return tiled_downscale(self.network, x, lr_size, tile, **passes)
+            return self.network.down_region(as_float(x, self.network.state_dtype), hr_size, lr_size, **corrector)[0]
+        return tiled_downscale(self.network, x, lr_size, tile, **corrector)
 
     @torch.inference_mode()
     def upscale_pixels(
