@@ -165,7 +165,7 @@ def test_a_partial_pass_with_all_blocks_and_context_is_the_full_pass(monkeypatch
 
 
 def test_local_error_is_the_windowed_mean_per_lr_pixel():
-    from iarn.model.modes.middle import local_error
+    from iarn.model.corrector import local_error
 
     error = torch.randn(2, 3, 36, 52, dtype=torch.float64)  # x4: an LR of 9 x 13
     per_pixel = error.pow(2).sum(1).reshape(2, 9, 4, 13, 4).mean((2, 4))
@@ -199,7 +199,7 @@ def test_passes_beyond_the_trained_hold_where_the_last_one_ran_away(monkeypatch,
 
 
 def test_hr_error_is_the_luma_error_the_hr_sees():
-    from iarn.model.modes.middle import hr_error
+    from iarn.model.corrector import hr_error
 
     error = torch.randn(2, 3, 40, 48, dtype=torch.float64)
     luma = (error * torch.tensor(Y_WEIGHTS, dtype=torch.float64)[:, None, None]).sum(1)

@@ -40,8 +40,11 @@ import torch
 from torch import nn
 
 from ..fields import check_number, from_known_fields
+from ..geometry import Size
+from ..metrics import Y_WEIGHTS
 
 LAST_PASS_BLOCK = 32  # LR pixels a side of the blocks that a partial last pass chooses among
+GUARD_WINDOW = 33  # odd: LR pixels a side of the window `local_error` averages over
 LAST_PASS_MARGIN = 4  # LR pixels of context around each run of chosen blocks (Set5: 8 gains nothing)
 CORRECTOR_BOUNDS = {"width": (4, 256), "depth": (2, 16), "steps": (1, 4), "passes": (1, 4)}
 LR_CHANNELS = 3
@@ -155,6 +158,28 @@ def worst_block_runs(energy: torch.Tensor, share: float, block: int = LAST_PASS_
     return runs
 
 
+def local_error(error: torch.Tensor, factor: int, window: int | None = None) -> torch.Tensor:
+    """The middle image's squared `error` (B, 3, f h, f w) per LR pixel (f = `factor`), averaged
+    over the `window` x `window` LR pixels around it (fewer at the borders; default
+    GUARD_WINDOW) -> (B, 1, h, w)."""
+    window = GUARD_WINDOW if window is None else window
+    energy = nn.functional.avg_pool2d(error.pow(2).sum(1, keepdim=True), factor)
+    for size in ((1, window), (window, 1)):  # separable: a box filter along each axis
+        energy = nn.functional.avg_pool2d(energy, size, 1, (size[0] // 2, size[1] // 2), count_include_pad=False)
+    return energy
+
+
+def hr_error(error: torch.Tensor, hr_size: Size, middle: Size) -> torch.Tensor:
+    """Mean square of a middle image's `error` (B, 3, m, n) in luma (Y), as the HR sees it -> (B,): resized
+    by the HR's factor (`hr_size` / `middle`, at most 1) with an antialiased filter, which drops
+    what the back step to the HR ignores (at x2.5 more than an extra pass changes)."""
+    size = tuple(max(1, round(error.shape[-2 + k] * hr_size[k] / middle[k])) for k in range(2))
+    if size != tuple(error.shape[-2:]):
+        error = nn.functional.interpolate(error, size=size, mode="bicubic", antialias=True, align_corners=False)
+    luma = (error * error.new_tensor(Y_WEIGHTS)[:, None, None]).sum(1)
+    return luma.pow(2).mean((1, 2))
+
+
 class ConvStack(nn.Module):
     """(lr, features, steps) -> lr + a correction: `depth` 3x3 convolutions, the first per step
     count (`in_channels(k)` inputs), the others shared or, with `per_count`, per step count too
@@ -222,6 +247,8 @@ __all__ = [
     "feature_channels",
     "feedback_channels",
     "feedback_features",
+    "hr_error",
+    "local_error",
     "split_passes",
     "worst_block_runs",
 ]

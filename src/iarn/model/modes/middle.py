@@ -9,7 +9,6 @@ import torch
 from torch import nn
 
 from ...geometry import Size
-from ...metrics import Y_WEIGHTS
 from ...resample import (
     apply_matrices,
     as_float64,
@@ -26,6 +25,8 @@ from ..corrector import (
     LAST_PASS_MARGIN,
     corrector_features,
     feedback_features,
+    hr_error,
+    local_error,
     split_passes,
     worst_block_runs,
 )
@@ -40,37 +41,13 @@ from .grid import Split
 # gain. It skips a block where the last full pass had made the error RUNAWAY times larger (a
 # slide's flat text: Set14 ppt3 at x2.5 lost 2.4 dB without this). docs/history.md, "A partial
 # third pass". Whole passes beyond the trained ones (efforts 2-6) hold the LR by the same rule,
-# the error compared in a window of GUARD_WINDOW LR pixels around each pixel, and each is kept
+# the error compared in a window of GUARD_WINDOW LR pixels (model/corrector.py) around each pixel, and each is kept
 # only if it lowered the crop's luma error as the HR sees it (`hr_error`; one more upscale checks
 # the last): Kodak x1.5 lost 0.45 dB to a third pass without this (history.md, "Extra passes,
 # held and checked").
 PARTIAL_PASS_STEPS = 2
 RUNAWAY = 2.0
-GUARD_WINDOW = 33  # odd
 CHECK_EXTRA_PASSES = True
-HR_FILTER = "bicubic"  # what `hr_error` resizes with (antialiased)
-
-
-def local_error(error: torch.Tensor, factor: int, window: int | None = None) -> torch.Tensor:
-    """The middle image's squared `error` (B, 3, f h, f w) per LR pixel (f = `factor`), averaged
-    over the `window` x `window` LR pixels around it (fewer at the borders; default
-    GUARD_WINDOW) -> (B, 1, h, w)."""
-    window = GUARD_WINDOW if window is None else window
-    energy = nn.functional.avg_pool2d(error.pow(2).sum(1, keepdim=True), factor)
-    for size in ((1, window), (window, 1)):  # separable: a box filter along each axis
-        energy = nn.functional.avg_pool2d(energy, size, 1, (size[0] // 2, size[1] // 2), count_include_pad=False)
-    return energy
-
-
-def hr_error(error: torch.Tensor, hr_size: Size, middle: Size) -> torch.Tensor:
-    """Mean square of a middle image's `error` (B, 3, m, n) in luma (Y), as the HR sees it -> (B,): resized
-    by the HR's factor (`hr_size` / `middle`, at most 1) with an antialiased filter, which drops
-    what the back step to the HR ignores (at x2.5 more than an extra pass changes)."""
-    size = tuple(max(1, round(error.shape[-2 + k] * hr_size[k] / middle[k])) for k in range(2))
-    if size != tuple(error.shape[-2:]):
-        error = nn.functional.interpolate(error, size=size, mode=HR_FILTER, antialias=True, align_corners=False)
-    luma = (error * error.new_tensor(Y_WEIGHTS)[:, None, None]).sum(1)
-    return luma.pow(2).mean((1, 2))
 
 
 def _rounded(lr: torch.Tensor) -> torch.Tensor:
@@ -161,8 +138,8 @@ class MiddleImageMode(Split):
         if corrector.feedback is None:
             whole, share = 1, 0.0
         trained = corrector.config.passes
-        check = check and CHECK_EXTRA_PASSES
-        checks = whole + 1 if check and whole > trained else whole  # the last extra one checked too
+        check = check and CHECK_EXTRA_PASSES and whole > trained  # no extra pass: nothing to check
+        checks = whole + 1 if check else whole  # the last extra one checked too
         error = energy = held = before = last_total = None
         for count in range(2, checks + 1):  # pass `count`: the same feedback stack each time
             with torch.no_grad():
