@@ -9,7 +9,9 @@ Each N is one `iarn.evaluate.evaluate` run of the bundled (or `--weights`) model
 over N = 0, per HR megapixel, are refinement's cost (meaningful only on an otherwise idle
 machine). `--from-json` re-plots and re-prints saved results; `--json` of a run with more N or
 scales merges into the file it names. `--step-size` and `--momentum` set the refinement's step
-(the tuning in docs/history.md, "Refinement"): give each setting a `--json` file of its own.
+(the tuning in docs/history.md, "Refinement"), `--rounding every-step` the rule before
+progressive rounding (history.md, "Progressive rounding"): give each setting a `--json` file of
+its own.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from iarn.cli import parse_scale
 from iarn.evaluate import evaluate, scale_label
 from iarn.files import atomic_write, find_images
 from iarn.imageio import read_picture
-from iarn.refine import RefineConfig
+from iarn.refine import ROUNDINGS, RefineConfig
 from iarn.weights import load_weights, resolve_weights
 
 
@@ -43,7 +45,7 @@ def measure(args) -> dict:
     stopped keeps what it has finished.
     """
     model = Rescaler(load_weights(resolve_weights(args.weights)), args.device)
-    chosen = {"step_size": args.step_size, "momentum": args.momentum}
+    chosen = {"step_size": args.step_size, "momentum": args.momentum, "rounding": args.rounding}
     settings = {name: value for name, value in chosen.items() if value is not None}  # else RefineConfig's
     results: dict = {}
     for folder in args.data:
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default="default")
     parser.add_argument("--step-size", type=float, help="RefineConfig.step_size (default: its default)")
     parser.add_argument("--momentum", type=float, help="RefineConfig.momentum (default: its default)")
+    parser.add_argument("--rounding", choices=ROUNDINGS, help="RefineConfig.rounding (default: its default)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--from-json", type=Path)

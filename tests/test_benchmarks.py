@@ -215,7 +215,8 @@ def test_refine_curve_measures_merges_and_plots(tmp_path, weights_file, photo):
     script, saved, png = str(BENCHMARKS / "refine_curve.py"), tmp_path / "curve.json", tmp_path / "curve.png"
     common = ["--weights", str(weights_file), "--data", str(folder), "--json", str(saved)]
     run_script(script, *common, "--scales", "2", "--steps", "0", "2")
-    out = run_script(script, *common, "--scales", "3", "--steps", "0", "1", "--step-size", "0.5", "--momentum", "0.6")
+    settings = ["--step-size", "0.5", "--momentum", "0.6", "--rounding", "progressive"]
+    out = run_script(script, *common, "--scales", "3", "--steps", "0", "1", *settings)
     rows = [line for line in out.splitlines() if line.startswith("| Tiny |")]
     assert len(rows) == 4 and rows[0].split("|")[5].strip() == "+0.00"  # x2 N=0,2 kept, x3 N=0,1 added
     plot = ["--plot", str(png)] if importlib.util.find_spec("matplotlib") else []  # iarn[plot]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -132,16 +133,86 @@ def test_a_batch_refines_each_image_as_alone():
         assert (both[i : i + 1] - alone).abs().max() <= 1 / 255 + 1e-6
 
 
+@pytest.mark.parametrize("rounding", ["progressive", "every-step"])
 @pytest.mark.parametrize("optimizer,loss", [("adam", "rgb"), ("gd", "rgb"), ("gd", "y")])
-def test_every_optimizer_and_loss_runs_and_never_loses(optimizer, loss):
+def test_every_optimizer_loss_and_rounding_runs_and_never_loses(optimizer, loss, rounding):
     model = small_model(mode="middle", levels=2)
     torch.manual_seed(3)
-    hr = torch.rand(1, 3, 33, 29)
+    hr = torch.rand(2, 3, 33, 29)
     lr0 = model.downscale(hr, scale=2)
-    config = RefineConfig(steps=3, optimizer=optimizer, loss=loss)
+    config = RefineConfig(steps=5, optimizer=optimizer, loss=loss, rounding=rounding)
     lr = refine_lr(model.network, hr, lr0, config)
+    assert torch.equal(lr, (lr * 255).round() / 255)
     objective = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, loss)
-    assert float(objective(lr, with_grad=False)[0]) <= float(objective(lr0, with_grad=False)[0])
+    assert bool((objective(lr, with_grad=False)[0] <= objective(lr0, with_grad=False)[0]).all())  # per image
+
+
+@pytest.mark.parametrize("steps", range(1, 121))
+def test_the_rounding_schedule_spends_every_step(steps):
+    import iarn.refine as refine
+
+    unrounded, stages = refine.rounding_schedule(steps)
+    assert unrounded >= 1 and unrounded + sum(stages) == steps
+    assert len(stages) <= refine.ROUNDING_STAGES - 1 and all(n >= 1 for n in stages)
+
+
+def test_rounding_holds_a_growing_share_nearest_a_level_first():
+    from iarn.refine import round_nearest_first
+
+    torch.manual_seed(5)
+    v = torch.rand(2, 3, 7, 9)
+    held = torch.zeros_like(v, dtype=torch.bool)
+    for share in (0.5, 0.75, 0.875):
+        before = held
+        held = round_nearest_first(v, held, share)
+        assert bool((held | ~before).all())  # what was held stays held
+        distance = (v * 255 - (v * 255).round()).abs()
+        for i in range(2):  # per image: its share, and no newly held value farther than a free one
+            assert int(held[i].sum()) == math.ceil(share * v[i].numel())
+            newly = held[i] & ~before[i]
+            assert float(distance[i][newly].max()) <= float(distance[i][~held[i]].min())
+    assert bool(round_nearest_first(v, held, 1.0).all())
+
+
+def test_progressive_rounding_keeps_held_values_and_rounds_them_all_in_the_end(monkeypatch):
+    import iarn.refine as refine
+
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(6)
+    hr = torch.rand(1, 3, 41, 37)
+    lr0 = model.downscale(hr, scale=2.5)
+    stages_seen = []
+
+    def spy(objective, v, steps, bound, config, counter, rounded, held=None, step_share=1.0):
+        out = descend(objective, v, steps, bound, config, counter, rounded, held, step_share)
+        assert not rounded  # progressive rounding: the loss of the LR as it is, not rounded
+        if held is not None:
+            stages_seen.append(float(held.float().mean()))
+            assert torch.equal(out[0][held], v[held])  # held values do not move
+            assert torch.equal(v[held], (v[held] * 255).round() / 255)  # and sit on 8-bit levels
+        return out
+
+    descend = refine._descend
+    monkeypatch.setattr(refine, "_descend", spy)
+    lr = refine_lr(model.network, hr, lr0, RefineConfig(steps=9, lr_psnr_min=0, rounding="progressive"))
+    assert torch.equal(lr, (lr * 255).round() / 255)
+    assert len(stages_seen) == len(refine.rounding_schedule(9)[1]) > 1
+    assert stages_seen == sorted(stages_seen) and abs(stages_seen[0] - 0.5) < 0.01
+
+
+def test_the_loss_of_the_unrounded_lr_is_the_loss_of_its_own_values():
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(7)
+    hr = torch.rand(1, 3, 33, 29)
+    lr = model.downscale(hr, scale=2)
+    objective = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, "y")
+    between = (lr + 0.4 / 255).clamp(0, 1)  # under half a level: rounds back to `lr`
+    assert torch.equal(objective(between, with_grad=False)[0], objective(lr, with_grad=False)[0])
+    assert not torch.equal(objective(between, False, rounded=False)[0], objective(lr, False, rounded=False)[0])
+    assert torch.equal(objective(lr, False, rounded=False)[0], objective(lr, with_grad=False)[0])
+    coded = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, "y", codec=("jpeg", 90))
+    with pytest.raises(ValueError, match="8-bit"):
+        coded(lr, rounded=False)
 
 
 def test_more_steps_than_a_cycle_never_restore_worse(monkeypatch):
@@ -155,8 +226,10 @@ def test_more_steps_than_a_cycle_never_restore_worse(monkeypatch):
     hr = torch.rand(3, 3, 33, 29)
     lr0 = model.downscale(hr, scale=2)
     objective = TiledObjective(model.network, hr, tuple(lr0.shape[-2:]), None, "y")
-    one_cycle = objective(refine_lr(model.network, hr, lr0, RefineConfig(steps=3)), with_grad=False)[0]
-    three = objective(refine_lr(model.network, hr, lr0, RefineConfig(steps=8)), with_grad=False)[0]
+    config = RefineConfig(steps=3)  # cycles of the rule that rounds every step (the default)
+    assert config.rounding == "every-step"
+    one_cycle = objective(refine_lr(model.network, hr, lr0, config), with_grad=False)[0]
+    three = objective(refine_lr(model.network, hr, lr0, replace(config, steps=8)), with_grad=False)[0]
     assert bool((three <= one_cycle).all())  # per image
 
 
@@ -164,7 +237,7 @@ def test_more_steps_than_a_cycle_never_restore_worse(monkeypatch):
     "field,value",
     [("steps", -1), ("steps", 1.5), ("steps", "3"), ("steps", True), ("steps", 10**9), ("lr_psnr_min", math.nan),
      ("lr_psnr_min", -1), ("loss", "l1"), ("optimizer", "sgd"), ("step_size", 0), ("step_size", math.inf),
-     ("momentum", 1), ("momentum", -0.1)],
+     ("momentum", 1), ("momentum", -0.1), ("rounding", "sometimes")],
 )  # fmt: skip
 def test_bad_refine_settings_are_refused(field, value):
     with pytest.raises(ValueError, match="refine|LR PSNR"):

@@ -2,15 +2,19 @@
 
 The encoder has the HR, so it can spend compute at downscale time: starting from the network's
 LR, `steps` optimisation steps on the LR pixels (normalised gradient descent with momentum by
-default, Adam as an option) minimise the HR error of `upscale(q(LR))`, q the 8-bit
-rounding (straight-through gradient), while the LR stays a good-looking downscale: after every
-step its Y deviation from the 8-bit reference bicubic LR is projected back onto the bound
-`lr_psnr_min` (PSNR-Y in dB). The step size decays (cosine; past REFINE_CYCLE steps in cycles
-of it, each restarted from the best LR so far) and the best iterate is kept, per image, by the
-loss of exactly the 8-bit LR that is returned, so refinement never returns an LR that restores
-worse than the network's own (on its loss), nor one below the bound (unless the network's own
-LR already is, in which case that level is the bound), and more steps never restore worse than
-REFINE_CYCLE. The upscaler is unchanged:
+default, Adam as an option) minimise the HR error of `upscale(LR)` for an 8-bit LR, while the
+LR stays a good-looking downscale: after every step its Y deviation from the 8-bit reference
+bicubic LR is projected back onto the bound `lr_psnr_min` (PSNR-Y in dB). The 8-bit rounding
+(`RefineConfig.rounding`): `every-step` (the default) rounds at every step with a
+straight-through gradient (always the rule through a codec); `progressive` takes its first
+steps on the LR unrounded, then rounds it in stages, the values nearest an 8-bit level first
+(half of them, three quarters, ...), each stage followed by steps on the values still free,
+which make up for the others' rounding (better on Set5, not on Set14: docs/history.md,
+"Progressive rounding"). The step size decays (cosine; past
+REFINE_CYCLE steps of one phase in cycles of it, each restarted from the best LR so far). The
+8-bit LR returned restores at least as well as the network's own on the loss, per image (else
+it is the network's own), and is never below the bound (unless the network's own LR already
+is, in which case that level is the bound). The upscaler is unchanged:
 a refined LR is an ordinary iarn LR (docs/design.md section 3, "Refinement"). An LR that will be
 written as a JPEG (or lossy WebP) is refined through that codec (`RefineConfig.codec`): the loss
 is that of what the codec gives back, so the steps move detail to where the codec keeps it.
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
 
 LOSSES = ("rgb", "y")
 OPTIMIZERS = ("adam", "gd")
+ROUNDINGS = ("every-step", "progressive")
 LOSSY_CODECS = ("jpeg", "webp")  # what RefineConfig.codec may name
 MAX_REFINE_STEPS = 10_000
 # Memory policy (Rescaler.refine_tile): bytes kept for the backward pass per pixel of the image
@@ -74,6 +79,8 @@ class RefineConfig:
     codec: ("jpeg" or "webp", quality) when the LR will be written through that lossy codec:
         the HR error is then that of the LR as the codec gives it back (the real codec's
         pixels; the gradient of `codec.jpeg_surrogate`, as the `jpeg` model was trained).
+    rounding: `every-step` (the straight-through rule; the rule through a codec, whatever this
+        says) or `progressive` (unrounded steps, then rounding in stages; `rounding_schedule`).
     The defaults are the measured best (docs/history.md, "Refinement")."""
 
     steps: int = 0
@@ -83,6 +90,7 @@ class RefineConfig:
     step_size: float = 0.3
     momentum: float = 0.8
     codec: tuple[str, int] | None = None
+    rounding: str = "every-step"
 
     def __post_init__(self) -> None:
         check_refine_steps(self.steps)
@@ -93,6 +101,7 @@ class RefineConfig:
         if self.step_size == 0:
             raise ValueError("refine_step_size (8-bit levels) must be above 0, got 0")
         check_number("refine_momentum", self.momentum, 0, 0.99)
+        check_choice("refine_rounding", self.rounding, ROUNDINGS)
         if self.codec is not None:
             if not isinstance(self.codec, tuple) or len(self.codec) != 2:
                 raise ValueError(f"refine codec: expected (name, quality), got {self.codec!r}")
@@ -216,7 +225,7 @@ class TiledObjective:
             self.tiles = [(r, c) for r in rows for c in cols]
 
     def _tile(
-        self, lr: torch.Tensor, rows, cols, grad: torch.Tensor | None, coded: torch.Tensor | None = None
+        self, lr: torch.Tensor, rows, cols, grad: torch.Tensor | None, coded: torch.Tensor | None, rounded: bool
     ) -> torch.Tensor:
         net, dtype = self.network, self.network.state_dtype
         whole = len(self.tiles) == 1
@@ -229,7 +238,7 @@ class TiledObjective:
         crop = lr[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]].detach().clone()
         crop.requires_grad_(grad is not None)
         with torch.set_grad_enabled(grad is not None):
-            seen = quantize_8bit(crop)
+            seen = quantize_8bit(crop) if rounded else crop.clamp(0, 1)
             if coded is not None:  # the codec's pixels, the surrogate's gradient (through_codec_batch)
                 stand_in = jpeg_surrogate(seen, self.codec[1], (lr_rows[0], lr_cols[0]))
                 seen = coded[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]] + (stand_in - stand_in.detach())
@@ -242,16 +251,21 @@ class TiledObjective:
                 grad[..., lr_rows[0] : lr_rows[1], lr_cols[0] : lr_cols[1]] += crop_grad
         return error.detach()
 
-    def __call__(self, lr: torch.Tensor, with_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, lr: torch.Tensor, with_grad: bool = True, rounded: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(per-image loss of q(lr), through the codec where there is one: mean squared error per HR
-        pixel (B,), its gradient or None)."""
+        pixel (B,), its gradient or None). `rounded` False: the loss of `lr` as it is (clamped to
+        [0, 1]), not rounded to 8 bits (no codec then)."""
         grad = torch.zeros_like(lr) if with_grad else None
         total = torch.zeros(lr.shape[0], dtype=torch.float64, device=lr.device)
         coded = None
         if self.codec is not None:  # the whole LR through the codec once: its blocks are the image's
+            if not rounded:
+                raise ValueError("a codec reads 8-bit pixels: its loss is of the rounded LR")
             coded = through_codec_batch(quantize_8bit(lr.detach()), self.codec).detach()
         for rows, cols in self.tiles:
-            total += self._tile(lr, rows, cols, grad, coded).double()
+            total += self._tile(lr, rows, cols, grad, coded, rounded).double()
         return total / self.pixels, grad
 
 
@@ -274,6 +288,68 @@ def cycle_of(step: int, steps: int) -> tuple[int, int]:
     return start, min(REFINE_CYCLE, steps - start)
 
 
+# Progressive rounding (RefineConfig.rounding): a share of the steps unrounded, then stages that
+# round a growing share of the LR's values, the values nearest an 8-bit level first (half of
+# them, three quarters, ...), each followed by steps on the values still free, which make up
+# for the rounding of the others; the last stage rounds what is left.
+UNROUNDED_SHARE = 0.6
+ROUNDING_STAGES = 5
+MIN_STAGE_STEPS = 2
+MAX_UNROUNDED_STEPS = 24
+HELD_STEP_SHARE = 1 / 3  # the stages' first step, as a share of the unrounded steps' first
+
+
+def rounding_schedule(steps: int) -> tuple[int, list[int]]:
+    """(unrounded steps, steps after each rounding stage but the last) for `steps` >= 1 steps of
+    progressive rounding: the shares rounded before them are 1/2, 3/4, 7/8, ... (then all)."""
+    unrounded = min(MAX_UNROUNDED_STEPS, max(1, round(steps * UNROUNDED_SHARE)))
+    rest = steps - unrounded
+    stages = min(max(1, rest // MIN_STAGE_STEPS), rest, ROUNDING_STAGES - 1)
+    return unrounded, [rest // stages + (k < rest % stages) for k in range(stages)] if stages else []
+
+
+def round_nearest_first(v: torch.Tensor, rounded: torch.Tensor, share: float) -> torch.Tensor:
+    """The mask (like `v`, bool) of the `share` of each image's values to hold at 8-bit levels:
+    those already `rounded`, then the values nearest a level."""
+    batch = v.shape[0]
+    distance = (v * 255 - (v * 255).round()).abs().reshape(batch, -1)
+    distance = distance.masked_fill(rounded.reshape(batch, -1), -1.0)
+    count = min(distance.shape[1], math.ceil(share * distance.shape[1]))
+    chosen = torch.zeros_like(distance, dtype=torch.bool)
+    chosen.scatter_(1, distance.argsort(dim=1, stable=True)[:, :count], True)
+    return chosen.view_as(v)
+
+
+@dataclass
+class _Bound:
+    """The LR bound of one refinement, per image: `floor_db` held, steps projected onto `aim_db`."""
+
+    reference: torch.Tensor
+    floor_db: torch.Tensor
+    aim_db: torch.Tensor
+    bounded: bool
+
+    def feasible(self, lr: torch.Tensor) -> torch.Tensor:
+        if not self.bounded:
+            return torch.ones(lr.shape[0], dtype=torch.bool, device=lr.device)
+        return lr_psnr_y(lr, self.reference) >= self.floor_db - 1e-9
+
+    def project(self, v: torch.Tensor) -> torch.Tensor:
+        return project_lr(v, self.reference, self.aim_db) if self.bounded else v.clamp(0, 1)
+
+    def round(self, v: torch.Tensor) -> torch.Tensor:
+        """`v` rounded to 8 bits, projected first (aiming higher) for images rounding takes under."""
+        q = quantize_8bit(v)
+        aim = self.aim_db
+        for _ in range(BOUND_TRIES):
+            short = ~self.feasible(q)
+            if not bool(short.any()):
+                break
+            aim = torch.where(short, aim + 0.1, aim)
+            q = torch.where(short.view(-1, 1, 1, 1), quantize_8bit(project_lr(v, self.reference, aim)), q)
+        return q
+
+
 def refine_lr(
     network: IARN,
     hr: torch.Tensor,
@@ -294,30 +370,84 @@ def refine_lr(
     v = lr.detach().to(dtype).clone()
     start_db = lr_psnr_y(v, reference)
     bounded = config.lr_psnr_min > 0
-    bound = torch.full_like(start_db, config.lr_psnr_min)
-    floor_db = torch.minimum(bound, start_db)  # never stricter than where the network already is
-    aim_db = torch.where(start_db < bound, start_db, bound + LR_PSNR_MARGIN)
+    bound_db = torch.full_like(start_db, config.lr_psnr_min)
+    floor_db = torch.minimum(bound_db, start_db)  # never stricter than where the network already is
+    aim_db = torch.where(start_db < bound_db, start_db, bound_db + LR_PSNR_MARGIN)
+    bound = _Bound(reference, floor_db, aim_db, bounded)
+    counter = _Counter(config.steps, progress)
+    if config.rounding == "every-step" or config.codec is not None:
+        return _descend(objective, v, config.steps, bound, config, counter, rounded=True)[0]  # every step rounded
 
-    best, best_loss = v.clone(), torch.full_like(start_db, math.inf)
-    first_step = config.step_size / 255
+    unrounded, stages = rounding_schedule(config.steps)
+    start = quantize_8bit(v)
+    v, _, start_loss = _descend(objective, start, unrounded, bound, config, counter, rounded=False)
+    held = torch.zeros_like(v, dtype=torch.bool)
+    for k, steps in enumerate(stages, start=1):
+        held = round_nearest_first(v, held, 1 - 0.5**k)
+        v = torch.where(held, quantize_8bit(v), v)
+        v = _descend(objective, v, steps, bound, config, counter, False, held, HELD_STEP_SHARE)[0]
+    q = bound.round(v)
+    loss = objective(q, with_grad=False)[0]
+    better = bound.feasible(q) & (loss < start_loss)  # else the LR it started from
+    return torch.where(better.view(-1, 1, 1, 1), q, start)
+
+
+class _Counter:
+    """Calls `progress(step, steps)` after every step of a refinement, whatever phase it is in."""
+
+    def __init__(self, steps: int, progress: Callable[[int, int], None] | None) -> None:
+        self.steps, self.progress, self.done = steps, progress, 0
+
+    def step(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.steps)
+
+
+def _descend(
+    objective: TiledObjective,
+    v: torch.Tensor,
+    steps: int,
+    bound: _Bound,
+    config: RefineConfig,
+    counter: _Counter,
+    rounded: bool,
+    held: torch.Tensor | None = None,
+    step_share: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(best LR, its loss, the loss of `v`; losses (B,)) after `steps` >= 1 steps from `v`: with
+    `rounded` the loss and the LR kept are those of the 8-bit LR, else of the LR as it is. The best
+    iterate is kept per image among the feasible ones (inside the bound); the LR after the last
+    step is evaluated without a gradient. With `held` (a mask: values that stay as they are, the
+    rest make up for them) the last iterate is returned instead, not evaluated (its loss: inf)."""
+    v = v.clone()
+    best, best_loss = v.clone(), torch.full((v.shape[0],), math.inf, dtype=torch.float64, device=v.device)
+    first_loss = best_loss
+    first_step = config.step_size * step_share / 255
     velocity = torch.zeros_like(v)
     adam = torch.optim.Adam([v], lr=first_step) if config.optimizer == "adam" else None
-    for step in range(config.steps + 1):
-        last = step == config.steps
-        q = quantize_8bit(v)
-        loss, grad = objective(v, with_grad=not last)  # the loss of q(v): what would be written
-        feasible = lr_psnr_y(q, reference) >= floor_db - 1e-9 if bounded else torch.ones_like(loss, dtype=torch.bool)
+    for step in range(steps + 1):
+        last = step == steps
+        if last and held is not None:
+            return v, torch.full_like(best_loss, math.inf), first_loss
+        seen = quantize_8bit(v) if rounded else v.clamp(0, 1)
+        loss, grad = objective(v, with_grad=not last, rounded=rounded)  # the loss of what would be kept
+        if step == 0:
+            first_loss = loss
+        feasible = bound.feasible(seen)
         better = feasible & (loss < best_loss)
         best_loss = torch.where(better, loss, best_loss)
-        best[better] = q[better]
+        best[better] = seen[better]
         if last:
             break
-        if bounded:  # rounding took an image under its floor: aim higher, so its next steps count
-            aim_db = torch.where(feasible, aim_db, aim_db + ROUNDING_STEP_DB)
-        start, length = cycle_of(step, config.steps)
+        if bound.bounded:  # rounding took an image under its floor: aim higher, so its next steps count
+            bound.aim_db = torch.where(feasible, bound.aim_db, bound.aim_db + ROUNDING_STEP_DB)
+        start, length = cycle_of(step, steps)
         if step == start and step > 0:  # a new cycle starts from the best LR so far
             v.copy_(best.to(v.dtype))
             velocity.zero_()
+        if held is not None:
+            grad = grad.masked_fill(held, 0)
         size = first_step * (0.1 + 0.45 * (1 + math.cos(math.pi * (step - start) / length)))  # cosine to a tenth
         if adam is not None:
             adam.param_groups[0]["lr"] = size
@@ -327,7 +457,7 @@ def refine_lr(
             rms = grad.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt().clamp_min(1e-30)
             velocity = config.momentum * velocity + grad / rms
             v -= size * velocity
-        v.copy_(project_lr(v, reference, aim_db) if bounded else v.clamp(0, 1))
-        if progress is not None:
-            progress(step + 1, config.steps)
-    return best
+        moved = bound.project(v)
+        v.copy_(moved if held is None else torch.where(held, v, moved))
+        counter.step()
+    return best, best_loss, first_loss
