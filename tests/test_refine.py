@@ -17,6 +17,7 @@ from iarn.imageio import REFINE_KEY, read_picture
 from iarn.metrics import Y_WEIGHTS
 from iarn.refine import RefineConfig, TiledObjective, lr_psnr_y, luma, project_lr, refine_lr
 from iarn.resample import resize
+from iarn.rounding import rounding_schedule
 
 from .conftest import small_model
 
@@ -149,15 +150,15 @@ def test_every_optimizer_loss_and_rounding_runs_and_never_loses(optimizer, loss,
 
 @pytest.mark.parametrize("steps", range(1, 121))
 def test_the_rounding_schedule_spends_every_step(steps):
-    import iarn.refine as refine
+    import iarn.rounding as rounding
 
-    unrounded, stages = refine.rounding_schedule(steps)
+    unrounded, stages = rounding.rounding_schedule(steps)
     assert unrounded >= 1 and unrounded + sum(stages) == steps
-    assert len(stages) <= refine.ROUNDING_STAGES - 1 and all(n >= 1 for n in stages)
+    assert len(stages) <= rounding.ROUNDING_STAGES - 1 and all(n >= 1 for n in stages)
 
 
 def test_rounding_holds_a_growing_share_nearest_a_level_first():
-    from iarn.refine import round_nearest_first
+    from iarn.rounding import round_nearest_first
 
     torch.manual_seed(5)
     v = torch.rand(2, 3, 7, 9)
@@ -196,7 +197,7 @@ def test_progressive_rounding_keeps_held_values_and_rounds_them_all_in_the_end(m
     monkeypatch.setattr(refine, "_descend", spy)
     lr = refine_lr(model.network, hr, lr0, RefineConfig(steps=9, lr_psnr_min=0, rounding="progressive"))
     assert torch.equal(lr, (lr * 255).round() / 255)
-    assert len(stages_seen) == len(refine.rounding_schedule(9)[1]) > 1
+    assert len(stages_seen) == len(rounding_schedule(9)[1]) > 1
     assert stages_seen == sorted(stages_seen) and abs(stages_seen[0] - 0.5) < 0.01
 
 
