@@ -46,7 +46,6 @@ from iarn.files import atomic_write, find_images
 from iarn.geometry import size_for_scale
 from iarn.imageio import read_picture
 from iarn.metrics import protocol_border, psnr_y
-from iarn.refine import RefineConfig
 from iarn.weights import load_weights, resolve_weights
 
 ONE_MEGAPIXEL = (816, 1224)
@@ -75,7 +74,7 @@ def timing(
                 chosen = effort_level(effort)
                 set_corrector(model, chosen)
                 start = time.perf_counter()
-                model.downscale_pixels(hr, lr_size, refine=RefineConfig(steps=chosen.refine, codec=codec))
+                model.downscale_pixels(hr, lr_size, refine=chosen.refine_config(codec=codec))
                 if attempt:
                     times[effort].append(time.perf_counter() - start)
         row = {}
@@ -101,7 +100,7 @@ def fidelity(model: Rescaler, folder: Path, scales: list, efforts: list[str]) ->
             scores, lr_scores = [], []
             for hr in images:
                 lr_size = size_for_scale(hr.shape[:2], scale)
-                lr, up = model_roundtrip(model, hr, lr_size, refine=RefineConfig(steps=chosen.refine))
+                lr, up = model_roundtrip(model, hr, lr_size, refine=chosen.refine_config())
                 scores.append(psnr_y(up, hr, border))
                 lr_scores.append(psnr_y(lr, bicubic_roundtrip(hr, lr_size)[0]))
             row[effort] = {"psnr_y": float(np.mean(scores)), "min_lr_psnr_y": float(min(lr_scores))}

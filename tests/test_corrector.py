@@ -12,7 +12,7 @@ import torch
 
 from iarn import IARN, Rescaler, load_weights, save_weights
 from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
-from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, plan, set_corrector
+from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, effort_level, plan, set_corrector
 from iarn.metrics import Y_WEIGHTS
 from iarn.model.corrector import (
     LAST_PASS_BLOCK,
@@ -474,6 +474,11 @@ def test_effort_plan():
     assert plan(0, None, cpu).corrector is False and plan(0, 7, cpu).refine == 7
     assert plan(None, 3, cpu) == type(EFFORTS[1])(corrector=True, refine=3, passes=EFFORTS[1].passes)
     assert [EFFORTS[e].refine for e in sorted(EFFORTS)] == sorted(EFFORTS[e].refine for e in EFFORTS)
+    highest = max(EFFORTS)
+    assert plan(highest, 8, cpu).rounding == EFFORTS[highest].rounding == "both"  # --refine N keeps the rule
+    assert effort_level(f"{highest - 1}+100").rounding == "every-step"  # the highest effort before both rules
+    config = effort_level(f"{highest}+12").refine_config(loss="rgb")
+    assert (config.steps, config.rounding, config.loss) == (12, "both", "rgb")
 
 
 def test_effort_one_runs_whole_passes_for_a_codec_trained_model():
@@ -620,8 +625,6 @@ def test_training_flags_of_true_or_false_fields_are_switches():
 
 
 def test_effort_levels_by_name():
-    from iarn.effort import effort_level
-
     assert effort_level("1") == EFFORTS[1] and effort_level("0+10") == type(EFFORTS[0])(False, 10)
     assert effort_level("1@3") == type(EFFORTS[1])(True, 0, 3) and effort_level("2+5").passes == EFFORTS[2].passes
     assert effort_level("1@2.4").passes == 2.4 and EFFORTS[1].passes == 2.4

@@ -134,7 +134,7 @@ def test_a_batch_refines_each_image_as_alone():
         assert (both[i : i + 1] - alone).abs().max() <= 1 / 255 + 1e-6
 
 
-@pytest.mark.parametrize("rounding", ["progressive", "every-step"])
+@pytest.mark.parametrize("rounding", ["progressive", "every-step", "both"])
 @pytest.mark.parametrize("optimizer,loss", [("adam", "rgb"), ("gd", "rgb"), ("gd", "y")])
 def test_every_optimizer_loss_and_rounding_runs_and_never_loses(optimizer, loss, rounding):
     model = small_model(mode="middle", levels=2)
@@ -146,6 +146,30 @@ def test_every_optimizer_loss_and_rounding_runs_and_never_loses(optimizer, loss,
     assert torch.equal(lr, (lr * 255).round() / 255)
     objective = TiledObjective(model.network, hr, tuple(lr.shape[-2:]), None, loss)
     assert bool((objective(lr, with_grad=False)[0] <= objective(lr0, with_grad=False)[0]).all())  # per image
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4, 7])
+def test_both_rules_keep_per_image_the_better_of_each_rule_on_half_the_steps(steps):
+    model = small_model(mode="middle", levels=2)
+    torch.manual_seed(8)
+    hr = torch.rand(3, 3, 33, 29)
+    hr[1] = hr[1] * 0.2 + 0.4  # low contrast beside noise: at 4 steps each rule wins an image
+    lr0 = model.downscale(hr, scale=2)
+    objective = TiledObjective(model.network, hr, tuple(lr0.shape[-2:]), None, "y")
+    calls = []
+    config = RefineConfig(steps=steps, rounding="both")
+    both = refine_lr(model.network, hr, lr0, config, progress=lambda *a: calls.append(a))
+    assert calls == [(k, steps) for k in range(1, steps + 1)]  # one count over both rules
+    alone = [
+        refine_lr(model.network, hr, lr0, RefineConfig(steps=n, rounding=rule)) if n else lr0
+        for rule, n in (("every-step", (steps + 1) // 2), ("progressive", steps // 2))
+    ]
+    losses = torch.stack([objective(lr, with_grad=False)[0] for lr in alone])
+    assert torch.equal(objective(both, with_grad=False)[0], losses.min(dim=0).values)
+    winners = losses.argmin(dim=0).tolist()
+    for i, winner in enumerate(winners):  # per image, the LR of the rule that won
+        assert torch.equal(both[i], alone[winner][i])
+    assert steps != 4 or len(set(winners)) == 2
 
 
 @pytest.mark.parametrize("steps", range(1, 121))

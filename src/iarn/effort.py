@@ -10,22 +10,31 @@ that checks it); each refinement step about three such passes more.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # not at run time: the CLI's --help reads this module and must not import torch
     import torch
+
+    from .refine import RefineConfig
 
 
 @dataclass(frozen=True)
 class Effort:
     """corrector: run the network's LR corrector (where the model has one); passes: its passes
     (None: as many as it was trained with; 2.4: a third on 40 % of the LR's blocks); refine:
-    refinement steps."""
+    refinement steps; rounding: how they round the LR (`RefineConfig.rounding`)."""
 
     corrector: bool
     refine: int
     passes: float | None = None
+    rounding: str = "every-step"
+
+    def refine_config(self, **settings) -> RefineConfig:
+        """The RefineConfig of this level's steps and rounding, with `settings` (its other fields)."""
+        from .refine import RefineConfig
+
+        return RefineConfig(steps=self.refine, rounding=self.rounding, **settings)
 
 
 # Measured on Set5 (docs/history.md, "Three corrector passes"): the feedback stack (trained for
@@ -43,7 +52,7 @@ EFFORTS = {
     3: Effort(corrector=True, refine=5, passes=REFINE_FROM_PASSES),
     4: Effort(corrector=True, refine=10, passes=REFINE_FROM_PASSES),  # the default on a CUDA GPU
     5: Effort(corrector=True, refine=30, passes=REFINE_FROM_PASSES),
-    6: Effort(corrector=True, refine=100, passes=REFINE_FROM_PASSES),
+    6: Effort(corrector=True, refine=100, passes=REFINE_FROM_PASSES, rounding="both"),  # 50 steps each way
 }
 CPU_EFFORT, GPU_EFFORT = 1, 4
 
@@ -57,7 +66,7 @@ def plan(effort: int | None, refine: int | None, device: torch.device) -> Effort
     """The corrector switch, passes and refinement steps for `--effort` and `--refine` (None:
     not given): the effort's (or the device's default), with the steps of `--refine` when given."""
     chosen = EFFORTS[default_effort(device) if effort is None else effort]
-    return chosen if refine is None else Effort(chosen.corrector, refine, chosen.passes)
+    return chosen if refine is None else replace(chosen, refine=refine)
 
 
 def effort_level(name: str) -> Effort:
@@ -74,7 +83,7 @@ def effort_level(name: str) -> Effort:
             from .model.corrector import split_passes
 
             split_passes(count)  # its ValueError for a count no corrector runs
-        return Effort(chosen.corrector, int(steps) if steps else chosen.refine, count)
+        return replace(chosen, refine=int(steps) if steps else chosen.refine, passes=count)
     except (KeyError, ValueError):
         raise ValueError(
             f'effort level {name!r}: expected "E", "E+N" or "E@P" with E in 0-{max(EFFORTS)}, P 1, 2, ... or above 2'

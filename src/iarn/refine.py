@@ -10,7 +10,8 @@ straight-through gradient (always the rule through a codec); `progressive` takes
 steps on the LR unrounded, then rounds it in stages, the values nearest an 8-bit level first
 (half of them, three quarters, ...), each stage followed by steps on the values still free,
 which make up for the others' rounding (better on Set5, not on Set14: docs/history.md,
-"Progressive rounding"). The step size decays (cosine; past
+"Progressive rounding"); `both` spends half of the steps on each rule from the same start and
+keeps, per image, the LR that restores better. The step size decays (cosine; past
 REFINE_CYCLE steps of one phase in cycles of it, each restarted from the best LR so far). The
 8-bit LR returned restores at least as well as the network's own on the loss, per image (else
 it is the network's own), and is never below the bound (unless the network's own LR already
@@ -51,7 +52,10 @@ if TYPE_CHECKING:
 
 LOSSES = ("rgb", "y")
 OPTIMIZERS = ("adam", "gd")
-ROUNDINGS = ("every-step", "progressive")
+ROUNDINGS = ("every-step", "progressive", "both")
+# the rules each rounding runs: "both" spends half of the steps on each, from the same start,
+# and keeps per image the LR that restores better on the loss
+RULES_OF = {"every-step": ("every-step",), "progressive": ("progressive",), "both": ("every-step", "progressive")}
 LOSSY_CODECS = ("jpeg", "webp")  # what RefineConfig.codec may name
 MAX_REFINE_STEPS = 10_000
 # Memory policy (Rescaler.refine_tile): bytes kept for the backward pass per pixel of the image
@@ -81,7 +85,8 @@ class RefineConfig:
         the HR error is then that of the LR as the codec gives it back (the real codec's
         pixels; the gradient of `codec.jpeg_surrogate`, as the `jpeg` model was trained).
     rounding: `every-step` (the straight-through rule; the rule through a codec, whatever this
-        says) or `progressive` (unrounded steps, then rounding in stages; `rounding_schedule`).
+        says), `progressive` (unrounded steps, then rounding in stages; `rounding_schedule`) or
+        `both` (half of the steps each, per image the better LR on the loss).
     The defaults are the measured best (docs/history.md, "Refinement")."""
 
     steps: int = 0
@@ -342,23 +347,48 @@ def refine_lr(
     bound_db = torch.full_like(start_db, config.lr_psnr_min)
     floor_db = torch.minimum(bound_db, start_db)  # never stricter than where the network already is
     aim_db = torch.where(start_db < bound_db, start_db, bound_db + LR_PSNR_MARGIN)
-    bound = _Bound(reference, floor_db, aim_db, bounded)
+    rules = ("every-step",) if config.codec is not None else RULES_OF[config.rounding]
     counter = _Counter(config.steps, progress)
-    if config.rounding == "every-step" or config.codec is not None:
-        return _descend(objective, v, config.steps, bound, config, counter, rounded=True)[0]  # every step rounded
+    chosen, chosen_loss = None, None
+    for k, rule in enumerate(rules):  # "both": the first rule's half of the steps, then the other's
+        steps = config.steps // len(rules) + (k < config.steps % len(rules))
+        if steps == 0:
+            continue
+        bound = _Bound(reference, floor_db, aim_db, bounded)  # each rule from the same bound
+        refine_with = _round_every_step if rule == "every-step" else _round_progressively
+        out, loss = refine_with(objective, v, steps, bound, config, counter)
+        if chosen is not None:  # per image, the LR that restores better
+            better = (loss < chosen_loss).view(-1, 1, 1, 1)
+            out, loss = torch.where(better, out, chosen), torch.minimum(loss, chosen_loss)
+        chosen, chosen_loss = out, loss
+    return chosen
 
-    unrounded, stages = rounding_schedule(config.steps)
-    start = quantize_8bit(v)
+
+def _round_every_step(
+    objective: TiledObjective, start: torch.Tensor, steps: int, bound: _Bound, config: RefineConfig, counter: _Counter
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(8-bit LR, its loss) after `steps` of the straight-through rule: every step rounded."""
+    best, best_loss, _ = _descend(objective, start, steps, bound, config, counter, rounded=True)
+    return best, best_loss
+
+
+def _round_progressively(
+    objective: TiledObjective, start: torch.Tensor, steps: int, bound: _Bound, config: RefineConfig, counter: _Counter
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(8-bit LR, its loss) after `steps` of progressive rounding (`rounding_schedule`); per
+    image the 8-bit `start` where the result restores worse on the loss."""
+    start = quantize_8bit(start)
+    unrounded, stages = rounding_schedule(steps)
     v, _, start_loss = _descend(objective, start, unrounded, bound, config, counter, rounded=False)
     held = torch.zeros_like(v, dtype=torch.bool)
-    for k, steps in enumerate(stages, start=1):
+    for k, stage_steps in enumerate(stages, start=1):
         held = round_nearest_first(v, held, 1 - 0.5**k)
         v = torch.where(held, quantize_8bit(v), v)
-        v = _descend(objective, v, steps, bound, config, counter, False, held, HELD_STEP_SHARE)[0]
+        v = _descend(objective, v, stage_steps, bound, config, counter, False, held, HELD_STEP_SHARE)[0]
     q = bound.round(v)
     loss = objective(q, with_grad=False)[0]
     better = bound.feasible(q) & (loss < start_loss)  # else the LR it started from
-    return torch.where(better.view(-1, 1, 1, 1), q, start)
+    return torch.where(better.view(-1, 1, 1, 1), q, start), torch.where(better, loss, start_loss)
 
 
 class _Counter:
