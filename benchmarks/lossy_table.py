@@ -27,8 +27,9 @@ from iarn.effort import effort_level, set_corrector
 from iarn.evaluate import parse_lr_format, scale_label, score_image
 from iarn.files import atomic_write, find_images
 from iarn.imageio import read_picture
+from iarn.lr_bound import LR_PSNR_MIN
 from iarn.metrics import protocol_border
-from iarn.refine import LR_PSNR_MIN, RefineConfig
+from iarn.refine import RefineConfig
 from iarn.rescaler import Rescaler, load
 
 

@@ -13,6 +13,7 @@ import torch
 from iarn import IARN, Rescaler, load_weights, save_weights
 from iarn.corrector_train import CorrectorTrainConfig, attach_corrector, train_corrector
 from iarn.effort import CPU_EFFORT, EFFORTS, GPU_EFFORT, effort_level, plan, set_corrector
+from iarn.lr_bound import hold_lr_bound, lr_psnr_y, reference_lr
 from iarn.metrics import Y_WEIGHTS
 from iarn.model.corrector import (
     LAST_PASS_BLOCK,
@@ -23,7 +24,7 @@ from iarn.model.corrector import (
     split_passes,
     worst_block_runs,
 )
-from iarn.refine import RefineConfig, hold_lr_bound, lr_psnr_y, reference_lr
+from iarn.refine import RefineConfig
 from iarn.weights import same_upscaler, weights_id
 
 from .conftest import first_config, randomize
@@ -589,8 +590,8 @@ def test_the_recipe_files_load():
 
 
 def test_the_bound_reference_is_the_protocol_bicubic_in_bands():
+    from iarn.lr_bound import REFERENCE_BAND
     from iarn.model.network import quantize_8bit
-    from iarn.refine import REFERENCE_BAND
     from iarn.resample import resize
 
     x = torch.randint(0, 256, (1, 3, 4 * REFERENCE_BAND + 37, 23), dtype=torch.uint8)

@@ -14,8 +14,9 @@ from iarn import load
 from iarn.cli import main
 from iarn.convert import to_tensor
 from iarn.imageio import REFINE_KEY, read_picture
+from iarn.lr_bound import lr_psnr_y, luma, project_lr
 from iarn.metrics import Y_WEIGHTS
-from iarn.refine import RefineConfig, TiledObjective, lr_psnr_y, luma, project_lr, refine_lr
+from iarn.refine import RefineConfig, TiledObjective, refine_lr
 from iarn.resample import resize
 from iarn.rounding import rounding_schedule
 
@@ -294,10 +295,10 @@ def test_lr_png_records_its_refinement(tmp_path, capsys, photo_file, weights_fil
 
 
 def test_ctrl_c_mid_refinement_leaves_no_file(tmp_path, capsys, monkeypatch, photo_file, weights_file):
-    import iarn.refine
+    import iarn.lr_bound
 
     calls = []
-    real = iarn.refine.project_lr
+    real = iarn.lr_bound.project_lr
 
     def interrupted(*args):
         calls.append(1)
@@ -305,7 +306,7 @@ def test_ctrl_c_mid_refinement_leaves_no_file(tmp_path, capsys, monkeypatch, pho
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(iarn.refine, "project_lr", interrupted)
+    monkeypatch.setattr(iarn.lr_bound, "project_lr", interrupted)
     out = tmp_path / "out" / "lr.png"
     code = main(["downscale", str(photo_file), "-o", str(out), "--scale", "2", "--weights", str(weights_file),
                  "--refine", "5"])  # fmt: skip

@@ -21,8 +21,9 @@ import iarn
 from iarn import devices
 from iarn.cli import build_parser, main, sample_image_path
 from iarn.imageio import luma_8bit, read_picture
+from iarn.lr_bound import lr_psnr_y, reference_lr
 from iarn.metrics import protocol_border, psnr_y
-from iarn.refine import RefineConfig, lr_psnr_y, reference_lr, refine_lr
+from iarn.refine import RefineConfig, refine_lr
 
 from .conftest import BENCHMARK, first_config, small_model
 from .test_cli import assert_one_line_error, run

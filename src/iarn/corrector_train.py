@@ -5,7 +5,7 @@
 The base model's invertible network is frozen: only the corrector learns, so the upscaler's
 weights stay bit-identical and every LR the base ever wrote still upscales to the same pixels.
 Each step: HR crops at one scale, the network's LR through the corrector, held to the LR bound
-exactly as at inference (`refine.project_lr` onto `lr_psnr_min` dB PSNR-Y against the 8-bit
+exactly as at inference (`lr_bound.project_lr` onto `lr_psnr_min` dB PSNR-Y against the 8-bit
 bicubic LR, per crop), rounded to 8 bits (straight-through), through the recipe's `codec` where
 it names one (the real codec's pixels, `codec_gradient`'s gradient: the `jpeg` model's
 corrector), upscaled; the loss is refinement's own (the HR error in Y plus a tenth of RGB,
@@ -33,9 +33,10 @@ from .data import CropSampler
 from .devices import resolve_device
 from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
 from .files import atomic_write
+from .lr_bound import LR_PSNR_MARGIN, luma, project_lr
 from .model import IARN, quantize_8bit
 from .model.corrector import Corrector, CorrectorConfig
-from .refine import LR_PSNR_MARGIN, error_per_image, luma, project_lr
+from .refine import error_per_image
 from .resample import resize
 from .train import codec_quality, next_batch
 from .train_config import check_codec_fields

@@ -41,9 +41,9 @@ from torch import nn
 
 from .files import atomic_write
 from .geometry import check_upscale_size, target_size
+from .lr_bound import LR_PSNR_MIN, hold_lr_bound
 from .model import IARN, ModelConfig
 from .model.modes import RESAMPLE, keeps_an_axis_graph
-from .refine import LR_PSNR_MIN, hold_lr_bound
 from .rescaler import RANGE_SLACK, Rescaler, check_image
 
 MIN_SIDE = 16  # smallest exported side, HR or LR; the graphs are traced at larger sizes
@@ -171,7 +171,7 @@ class OnnxRescaler:
 
     def downscale(self, hr, size: tuple[int, int] | None = None, scale=None):
         """HR (1, 3, H, W) float32 in [0, 1] -> LR (1, 3, h, w) rounded to 8 bits, PSNR-Y >= 44 dB
-        against the bicubic LR (`refine.hold_lr_bound`); `size` or `scale` as in `Rescaler.downscale`."""
+        against the bicubic LR (`lr_bound.hold_lr_bound`); `size` or `scale` as in `Rescaler.downscale`."""
         _check_array(hr, "downscale")
         _check_pixels(tuple(hr.shape[-2:]))
         lr_size = target_size(tuple(hr.shape[-2:]), self.max_scale, size=size, scale=scale)

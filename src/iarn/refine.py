@@ -40,10 +40,8 @@ import torch
 from .codec import jpeg_surrogate, through_codec_batch
 from .fields import check_choice, check_number
 from .geometry import Size
-from .metrics import Y_WEIGHTS
-from .model.modes import resample_crop
+from .lr_bound import LR_PSNR_MARGIN, LR_PSNR_MIN, LRBound, lr_psnr_y, luma, reference_lr
 from .model.network import quantize_8bit
-from .resample import input_span
 from .rounding import HELD_STEP_SHARE, round_nearest_first, rounding_schedule
 from .tiling import CONTEXT, as_float, upscale_spans
 
@@ -64,10 +62,7 @@ MAX_REFINE_STEPS = 10_000
 REFINE_BYTES_PER_PIXEL = 2000
 REFINE_WHOLE_BYTES = 4 << 30
 REFINE_TILE = 512
-LR_PSNR_MIN = 44.0  # dB PSNR-Y against the 8-bit bicubic LR: every LR iarn writes is at least this
-LR_PSNR_MARGIN = 0.02  # dB above the bound that the projection aims at, so that rounding keeps it
 ROUNDING_STEP_DB = 0.05  # refine_lr: how much higher an image aims after rounding took it under the floor
-BOUND_TRIES = 20  # hold_lr_bound: projections, each aiming 0.1 dB higher for images still under
 
 
 @dataclass(frozen=True)
@@ -128,39 +123,6 @@ def check_refine_steps(steps) -> None:
     check_number("refine (steps)", steps, 0, MAX_REFINE_STEPS, whole=True)
 
 
-def luma(x: torch.Tensor) -> torch.Tensor:
-    """(B, 3, ...) RGB in [0, 1] -> (B, 1, ...) BT.601 Y / 255 without its offset."""
-    w = torch.tensor(Y_WEIGHTS, dtype=x.dtype, device=x.device).view(1, 3, *([1] * (x.ndim - 2)))
-    return (x * w).sum(dim=1, keepdim=True)
-
-
-def lr_psnr_y(lr: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """PSNR-Y (dB, per image, float64) of an LR against the reference LR, both (B, 3, h, w)."""
-    mse = luma((lr - reference).double()).pow(2).mean(dim=(1, 2, 3))
-    return 10 * torch.log10(1 / mse.clamp_min(1e-20))
-
-
-def project_lr(v: torch.Tensor, reference: torch.Tensor, floor_db: torch.Tensor) -> torch.Tensor:
-    """An LR near `v`, in [0, 1], whose Y deviation from `reference` (in [0, 1]) has PSNR-Y >=
-    floor_db (per image): the luma component of the deviation is scaled down (the bound does not
-    see chroma) and the result clamped; where clamping brought luma back over the bound (colour
-    at the ends of the range), the whole deviation is then scaled down too, which stays in [0, 1]."""
-    allowed = torch.pow(10.0, -floor_db.double() / 10)
-    d = v - reference
-    w = torch.tensor(Y_WEIGHTS, dtype=v.dtype, device=v.device).view(1, 3, 1, 1)
-    yd = (d * w).sum(dim=1, keepdim=True)
-    v = (v - (1 - _shrink(yd, allowed, v.dtype)) * yd * w / w.pow(2).sum()).clamp(0, 1)
-    d = v - reference
-    return reference + _shrink((d * w).sum(dim=1, keepdim=True), allowed, v.dtype) * d
-
-
-def _shrink(yd: torch.Tensor, allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Per image (B, 1, 1, 1): the factor that brings the mean square of `yd` to `allowed`, or 1."""
-    mse = yd.double().pow(2).mean(dim=(1, 2, 3))
-    shrink = torch.where(mse > allowed, torch.sqrt(allowed / mse.clamp_min(1e-30)), torch.ones_like(mse))
-    return shrink.to(dtype).view(-1, 1, 1, 1)
-
-
 def error_per_image(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torch.Tensor:
     """Per-image sum of the squared error (B,), in the loss's channels."""
     diff = pred.clamp(0, 1) - target
@@ -168,42 +130,6 @@ def error_per_image(pred: torch.Tensor, target: torch.Tensor, loss: str) -> torc
     if loss == "rgb":
         return rgb
     return luma(diff).pow(2).sum(dim=(1, 2, 3)) + 0.1 * rgb
-
-
-REFERENCE_BAND = 256  # LR rows of the reference computed at once: a large photo is never all float64
-
-
-def reference_lr(hr: torch.Tensor, lr_size: Size, dtype: torch.dtype) -> torch.Tensor:
-    """The LR the bound is measured against, as the protocol measures it: the bicubic downscale
-    of the HR (B, 3, H, W, float or uint8), rounded to 8 bits, in `dtype`. Computed in bands of
-    LR rows, each from the HR rows it reads, so its memory is bounded whatever the image."""
-    height, width = hr.shape[-2], hr.shape[-1]
-    out = torch.empty(hr.shape[0], hr.shape[1], *lr_size, dtype=dtype, device=hr.device)
-    for top in range(0, lr_size[0], REFERENCE_BAND):
-        rows = (top, min(lr_size[0], top + REFERENCE_BAND))
-        first, stop = input_span(height, lr_size[0], *rows)
-        band = as_float(hr[..., first:stop, :], torch.float64)
-        resized = resample_crop(band, (first, 0), (height, width), lr_size, rows, (0, lr_size[1]))
-        out[..., rows[0] : rows[1], :] = quantize_8bit(resized).to(dtype)
-    return out
-
-
-def hold_lr_bound(lr: torch.Tensor, hr: torch.Tensor, lr_psnr_min: float) -> torch.Tensor:
-    """The 8-bit LR nearest to `lr` (B, 3, h, w, unquantised) whose PSNR-Y against the bicubic
-    LR of `hr` is at least `lr_psnr_min` dB, per image (0: `lr` rounded). The projection aims a
-    little above the bound and aims higher for an image that rounding took under it."""
-    if lr_psnr_min <= 0 or (lr.shape[-2], lr.shape[-1]) == (hr.shape[-2], hr.shape[-1]):
-        return quantize_8bit(lr)
-    reference = reference_lr(hr, (lr.shape[-2], lr.shape[-1]), lr.dtype)
-    floor = torch.full((lr.shape[0],), float(lr_psnr_min), dtype=torch.float64, device=lr.device)
-    aim = floor + LR_PSNR_MARGIN
-    for _ in range(BOUND_TRIES):
-        q = quantize_8bit(project_lr(lr, reference, aim))
-        short = lr_psnr_y(q, reference) < floor
-        if not bool(short.any()):
-            break
-        aim = torch.where(short, aim + 0.1, aim)
-    return q
 
 
 class TiledObjective:
@@ -294,36 +220,6 @@ def cycle_of(step: int, steps: int) -> tuple[int, int]:
     return start, min(REFINE_CYCLE, steps - start)
 
 
-@dataclass
-class _Bound:
-    """The LR bound of one refinement, per image: `floor_db` held, steps projected onto `aim_db`."""
-
-    reference: torch.Tensor
-    floor_db: torch.Tensor
-    aim_db: torch.Tensor
-    bounded: bool
-
-    def feasible(self, lr: torch.Tensor) -> torch.Tensor:
-        if not self.bounded:
-            return torch.ones(lr.shape[0], dtype=torch.bool, device=lr.device)
-        return lr_psnr_y(lr, self.reference) >= self.floor_db - 1e-9
-
-    def project(self, v: torch.Tensor) -> torch.Tensor:
-        return project_lr(v, self.reference, self.aim_db) if self.bounded else v.clamp(0, 1)
-
-    def round(self, v: torch.Tensor) -> torch.Tensor:
-        """`v` rounded to 8 bits, projected first (aiming higher) for images rounding takes under."""
-        q = quantize_8bit(v)
-        aim = self.aim_db
-        for _ in range(BOUND_TRIES):
-            short = ~self.feasible(q)
-            if not bool(short.any()):
-                break
-            aim = torch.where(short, aim + 0.1, aim)
-            q = torch.where(short.view(-1, 1, 1, 1), quantize_8bit(project_lr(v, self.reference, aim)), q)
-        return q
-
-
 def refine_lr(
     network: IARN,
     hr: torch.Tensor,
@@ -354,7 +250,7 @@ def refine_lr(
         steps = config.steps // len(rules) + (k < config.steps % len(rules))
         if steps == 0:
             continue
-        bound = _Bound(reference, floor_db, aim_db, bounded)  # each rule from the same bound
+        bound = LRBound(reference, floor_db, aim_db, bounded)  # each rule from the same bound
         refine_with = _round_every_step if rule == "every-step" else _round_progressively
         out, loss = refine_with(objective, v, steps, bound, config, counter)
         if chosen is not None:  # per image, the LR that restores better
@@ -365,7 +261,7 @@ def refine_lr(
 
 
 def _round_every_step(
-    objective: TiledObjective, start: torch.Tensor, steps: int, bound: _Bound, config: RefineConfig, counter: _Counter
+    objective: TiledObjective, start: torch.Tensor, steps: int, bound: LRBound, config: RefineConfig, counter: _Counter
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(8-bit LR, its loss) after `steps` of the straight-through rule: every step rounded."""
     best, best_loss, _ = _descend(objective, start, steps, bound, config, counter, rounded=True)
@@ -373,7 +269,7 @@ def _round_every_step(
 
 
 def _round_progressively(
-    objective: TiledObjective, start: torch.Tensor, steps: int, bound: _Bound, config: RefineConfig, counter: _Counter
+    objective: TiledObjective, start: torch.Tensor, steps: int, bound: LRBound, config: RefineConfig, counter: _Counter
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(8-bit LR, its loss) after `steps` of progressive rounding (`rounding_schedule`); per
     image the 8-bit `start` where the result restores worse on the loss."""
@@ -407,7 +303,7 @@ def _descend(
     objective: TiledObjective,
     v: torch.Tensor,
     steps: int,
-    bound: _Bound,
+    bound: LRBound,
     config: RefineConfig,
     counter: _Counter,
     rounded: bool,

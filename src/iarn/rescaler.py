@@ -25,6 +25,7 @@ import torch
 
 from .devices import resolve_device, resolve_memory_format, resolve_precision
 from .geometry import Size, check_tile, check_upscale_size, target_size
+from .lr_bound import hold_lr_bound
 from .model import IARN, ModelConfig
 from .refine import (
     REFINE_BYTES_PER_PIXEL,
@@ -33,7 +34,6 @@ from .refine import (
     RefineConfig,
     as_refine_config,
     check_refine_steps,
-    hold_lr_bound,
     refine_lr,
 )
 from .tiling import AUTO_TILE_PIXELS, CUDA_BYTES_PER_PIXEL, as_float, seeded_noise, tiled_downscale, tiled_upscale
