@@ -20,7 +20,7 @@ from iarn.cli import main, sample_image_path
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TRAINING_EDITS = {"train": ["--steps", "2", "--crop", "32", "--batch-size", "2"]}
-TRAINING_EDITS["train-corrector"] = TRAINING_EDITS["train"]
+TRAINING_EDITS["train-corrector"] = TRAINING_EDITS["train-upscaler"] = TRAINING_EDITS["train"]
 
 
 def blocks(language: str) -> list[str]:

@@ -71,7 +71,8 @@ def downscale_picture(
 def upscale_picture(
     model: Rescaler, picture: Picture, size: Size | None = None, tile: int | None = None, seed: int | None = None
 ) -> Picture:
-    """LR picture -> HR picture of `size` (H, W); by default the size recorded in an iarn LR PNG."""
+    """LR picture -> HR picture of `size` (H, W); by default the size recorded in an iarn LR PNG.
+    A JPEG's picture is upscaled by the model's band for its quality, where it has one."""
     check_tile(tile)
     if size is None:
         size = picture.hr_size
@@ -79,7 +80,7 @@ def upscale_picture(
             raise ValueError("upscale needs the original size (H, W): none is recorded in this image, give size=...")
     size = check_upscale_size(size, picture.size, model.config.max_scale)
     model.check_seed(seed)
-    hr = model.upscale_pixels(to_tensor(picture.rgb), size, tile, seed)
+    hr = model.upscale_pixels(to_tensor(picture.rgb), size, tile, seed, jpeg_quality=picture.jpeg_quality)
     return picture.with_pixels(to_uint8(hr), resize_alpha(picture.alpha, size))
 
 

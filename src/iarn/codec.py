@@ -14,28 +14,10 @@ import torch
 from PIL import Image
 
 from .convert import to_tensor, to_uint8
+from .jpeg_quality import libjpeg_tables
 
 CODECS = ("none", "jpeg", "webp")
 CODEC_GRADIENTS = ("straight", "surrogate")
-
-# libjpeg's base quantisation tables (ITU T.81, Annex K), luma and chroma, row by row
-LUMA_TABLE = (
-    (16, 11, 10, 16, 24, 40, 51, 61),
-    (12, 12, 14, 19, 26, 58, 60, 55),
-    (14, 13, 16, 24, 40, 57, 69, 56),
-    (14, 17, 22, 29, 51, 87, 80, 62),
-    (18, 22, 37, 56, 68, 109, 103, 77),
-    (24, 35, 55, 64, 81, 104, 113, 92),
-    (49, 64, 78, 87, 103, 121, 120, 101),
-    (72, 92, 95, 98, 112, 100, 103, 99),
-)
-CHROMA_TABLE = (
-    (17, 18, 24, 47, 99, 99, 99, 99),
-    (18, 21, 26, 66, 99, 99, 99, 99),
-    (24, 26, 56, 99, 99, 99, 99, 99),
-    (47, 66, 99, 99, 99, 99, 99, 99),
-    *((99,) * 8,) * 4,
-)
 
 
 def through_codec(lr: np.ndarray, lr_format: tuple[str, int] | None) -> tuple[np.ndarray, int | None]:
@@ -62,9 +44,7 @@ def through_codec_batch(lr: torch.Tensor, lr_format: tuple[str, int], gradient: 
 
 def quantisation_tables(quality: int) -> tuple[torch.Tensor, torch.Tensor]:
     """libjpeg's (luma, chroma) 8x8 tables at `quality` (1-100), as float64 tensors."""
-    factor = 5000 / quality if quality < 50 else 200 - 2 * quality
-    tables = [torch.tensor(base, dtype=torch.float64) for base in (LUMA_TABLE, CHROMA_TABLE)]
-    return tuple(torch.floor((t * factor + 50) / 100).clamp(1, 255) for t in tables)
+    return tuple(torch.from_numpy(table) for table in libjpeg_tables(quality))
 
 
 def _dct_matrix(dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -19,7 +19,6 @@ Every step's crops, scale and codec quality are a function of (seed, step), as i
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import time
 from collections.abc import Callable
@@ -31,8 +30,9 @@ import torch
 from .codec import through_codec_batch
 from .data import CropSampler
 from .devices import resolve_device
-from .fields import SHARED_TRAIN_BOUNDS, check_choice, check_number
+from .fields import check_choice
 from .files import atomic_write
+from .frozen_train import FROZEN_TRAIN_BOUNDS, check_recipe, recipe, run_steps
 from .lr_bound import LR_PSNR_MARGIN, luma, project_lr
 from .model import IARN, quantize_8bit
 from .model.corrector import Corrector, CorrectorConfig
@@ -42,20 +42,10 @@ from .train import codec_quality, next_batch
 from .train_config import check_codec_fields
 from .weights import load_weights, resolve_weights, save_weights, weights_id
 
-CORRECTOR_TRAIN_BOUNDS = {
-    "steps": (1, 10**9),
-    "batch_size": (1, 4096),
-    "crop": (16, 4096),
-    "learning_rate": (1e-9, 1.0),
-    "lr_psnr_min": (0.0, 80.0),
-    **SHARED_TRAIN_BOUNDS,
-}
+CORRECTOR_TRAIN_BOUNDS = {**FROZEN_TRAIN_BOUNDS, "lr_psnr_min": (0.0, 80.0)}
 LR_BOUNDS = ("project", "penalty")
 OBJECTIVES = ("log", "mse")
 PENALTY_WEIGHT = 10.0  # lr_bound "penalty": weight of the squared relative shortfall
-# where and how a run executes, not what it learns: left out of the weight file's record
-RUNTIME_FIELDS = ("data", "out", "base", "checkpoint_every", "log_every", "threads", "device")
-WHOLE = ("steps", "batch_size", "crop", "seed", "checkpoint_every", "log_every", "threads")
 
 
 @dataclass(frozen=True)
@@ -91,15 +81,10 @@ class CorrectorTrainConfig:
     device: str = "auto"  # auto (CUDA, else MPS, else CPU) | cpu | cuda | cuda:N | mps
 
     def __post_init__(self) -> None:
-        for name, (low, high) in CORRECTOR_TRAIN_BOUNDS.items():
-            check_number(name, getattr(self, name), low, high, whole=name in WHOLE)
+        check_recipe(self, CORRECTOR_TRAIN_BOUNDS)
         check_choice("lr_bound", self.lr_bound, LR_BOUNDS)
         check_choice("objective", self.objective, OBJECTIVES)
         check_codec_fields(self)
-        if self.crop % 8:
-            raise ValueError(f"crop must be a multiple of 8, got {self.crop}")
-        if not self.scale_min <= self.scale_max:
-            raise ValueError(f"need scale_min <= scale_max, got {self.scale_min:g} and {self.scale_max:g}")
         if not isinstance(self.corrector, CorrectorConfig):
             raise ValueError(f"corrector must be a CorrectorConfig, got {type(self.corrector).__name__}")
 
@@ -218,16 +203,12 @@ def train_corrector(
         optimizer.load_state_dict(state["optimizer"])
         step = int(state["step"])
     sampler = CropSampler(list(cfg.data), cfg.crop, device)
-    log = (out / "corrector-log.jsonl").open("a")
-    started, first_step = clock(), step
 
-    def save_checkpoint() -> None:
+    def save_checkpoint(step: int) -> None:
         state = {"corrector": network.corrector.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
         atomic_write(checkpoint_path, lambda tmp: torch.save(state, tmp))
 
-    while step < cfg.steps:
-        if max_minutes is not None and clock() - started >= 60 * max_minutes:
-            break
+    def learn(step: int) -> dict:
         hr, lr_size, scale = next_batch(sampler, cfg, 0, step)  # as train.py's rank 0
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
@@ -236,22 +217,15 @@ def train_corrector(
         optimizer.zero_grad(set_to_none=True)
         values["loss"].backward()
         optimizer.step()
-        step += 1
-        if step % cfg.log_every == 0:
-            record = {"step": step, "scale": scale, "quality": quality, "time": round(clock() - started, 1)}
-            record.update({k: float(v.detach()) for k, v in values.items()})
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-        if step % cfg.checkpoint_every == 0:
-            save_checkpoint()
-    log.close()
-    if step == first_step and step == 0:
+        return {"scale": scale, "quality": quality, **values}
+
+    step = run_steps(cfg, step, learn, out / "corrector-log.jsonl", save_checkpoint, max_minutes, clock)
+    if step == 0:
         return None
-    save_checkpoint()
+    save_checkpoint(step)
     path = out / "model.safetensors"
     network.eval()
-    recipe = {k: v for k, v in cfg.to_dict().items() if k not in RUNTIME_FIELDS}  # no paths of this machine
-    training = {"corrector": recipe, "corrector_steps": step, "base": weights_id(base_path)}
+    training = {"corrector": recipe(cfg), "corrector_steps": step, "base": weights_id(base_path)}
     save_weights(network, path, training=training, same_upscaler_as=base_path)
     return path
 

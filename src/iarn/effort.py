@@ -94,13 +94,18 @@ def set_corrector(model, chosen: Effort) -> None:
     """Switch a Rescaler's corrector on or off, in the passes `chosen` says; a model trained
     through a lossy codec (the bundled `jpeg`) in whole passes only: through JPEG a partial last
     pass measured -0.02 to +0.01 dB on Set5 (docs/history.md, "A partial third pass")."""
+    model.correct = chosen.corrector
+    model.corrector_passes = corrector_passes(chosen.passes, model.path)
+
+
+def corrector_passes(passes: float | None, path) -> float | None:
+    """The corrector passes an effort of `passes` runs for the weights at `path`: whole passes
+    for a model trained through a lossy codec (`set_corrector`)."""
     from .weights import trained_codec
 
-    passes = chosen.passes
-    if passes is not None and passes != int(passes) and trained_codec(model.path) is not None:
-        passes = int(passes)
-    model.correct = chosen.corrector
-    model.corrector_passes = passes
+    if passes is not None and passes != int(passes) and trained_codec(path) is not None:
+        return int(passes)
+    return passes
 
 
 def partial_pass_runs(model, hr_size: tuple[int, int], lr_size: tuple[int, int]) -> bool:

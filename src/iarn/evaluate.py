@@ -76,11 +76,14 @@ def model_roundtrip(
 ):
     """The model's 8-bit LR (refined `refine` steps, through `lr_format` where it is lossy, as
     `iarn downscale -o x.jpg` refines) and its 8-bit upscale of the LR as it comes back from
-    `lr_format` (None: as written): (LR, HR) uint8."""
+    `lr_format` (None: as written), by the model's band for a JPEG's quality as `iarn upscale`
+    would pick it (Pillow writes libjpeg's tables, so the quality read back is the one written):
+    (LR, HR) uint8."""
     refine = replace(as_refine_config(refine), codec=lr_format)
     lr = to_uint8(model.downscale_pixels(to_tensor(hr), lr_size, tile, refine, progress).cpu())
     decoded, _ = through_codec(lr, lr_format)
-    up = model.upscale_pixels(to_tensor(decoded), hr.shape[:2], tile)
+    jpeg_quality = lr_format[1] if lr_format is not None and lr_format[0] == "jpeg" else None
+    up = model.upscale_pixels(to_tensor(decoded), hr.shape[:2], tile, jpeg_quality=jpeg_quality)
     return lr, to_uint8(up.cpu())
 
 

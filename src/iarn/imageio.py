@@ -37,6 +37,7 @@ from PIL import Image, ImageOps, PngImagePlugin
 
 from .containers import png_bit_depth, png_image_data_ends_early, webp_is_lossy
 from .files import PNG_LEVEL, TargetExists, atomic_write
+from .jpeg_quality import estimate_jpeg_quality
 
 HR_SIZE_KEY = "iarn:hr_size"
 MODEL_KEY = "iarn:model"  # NAME@HASH of the weights that made an LR (weights.weights_id)
@@ -62,13 +63,14 @@ class Picture:
     hr_size: tuple[int, int] | None = None  # (H, W) recorded in an iarn LR file
     model_id: str | None = None  # the model recorded in an iarn LR file (NAME@HASH)
     lossy: str | None = None  # why the pixels are not those iarn wrote (a JPEG, a re-encoded PNG), if known
+    jpeg_quality: int | None = None  # a JPEG's quality, as its quantisation tables tell (codec.py)
 
     @property
     def size(self) -> tuple[int, int]:
         return self.rgb.shape[0], self.rgb.shape[1]
 
     def with_pixels(self, rgb: np.ndarray, alpha: np.ndarray | None) -> Picture:
-        return replace(self, rgb=rgb, alpha=alpha, hr_size=None, model_id=None, lossy=None)
+        return replace(self, rgb=rgb, alpha=alpha, hr_size=None, model_id=None, lossy=None, jpeg_quality=None)
 
 
 @contextlib.contextmanager
@@ -140,6 +142,7 @@ def picture_from_pil(image: Image.Image) -> Picture:
     model_id = _parse_model_id(fields.get(MODEL_KEY)) if hr_size is not None else None
     gray_source = hr_size is not None and fields.get(GRAY_KEY) == "1"
     lossy = _lossy_reason(image, fields.get(PIXELS_KEY))
+    jpeg_quality = estimate_jpeg_quality(getattr(image, "quantization", None)) if image.format == "JPEG" else None
     image = ImageOps.exif_transpose(image)
     if image.width == 0 or image.height == 0:
         raise ImageError("the image has no pixels")
@@ -153,7 +156,14 @@ def picture_from_pil(image: Image.Image) -> Picture:
     else:
         rgb, alpha = np.array(image if image.mode == "RGB" else image.convert("RGB")), None
     return Picture(
-        rgb=rgb, alpha=alpha, grayscale=grayscale, icc_profile=icc, hr_size=hr_size, model_id=model_id, lossy=lossy
+        rgb=rgb,
+        alpha=alpha,
+        grayscale=grayscale,
+        icc_profile=icc,
+        hr_size=hr_size,
+        model_id=model_id,
+        lossy=lossy,
+        jpeg_quality=jpeg_quality,
     )
 
 

@@ -102,17 +102,20 @@ class Rescaler:
         tile: int | None = None,
         seed: int | None = None,
         temperature: float = 1.0,
+        jpeg_quality: int | None = None,
     ) -> torch.Tensor:
         """LR (B, 3, h, w) in [0, 1] -> HR (B, 3, H, W) in [0, 1] with `size=(H, W)`.
 
         `seed` draws z from N(0, temperature^2) instead of taking it as 0 (reproducible for a
-        fixed seed and tiling). `tile` as in `downscale`.
+        fixed seed and tiling). `tile` as in `downscale`. `jpeg_quality`: the LR was decoded
+        from a JPEG of this quality (1-100): the model's upscaler band for it, where it has one
+        (model/bands.py).
         """
         check_image(lr, "upscale")
         hr_size = check_upscale_size(size, (lr.shape[-2], lr.shape[-1]), self.config.max_scale)
         check_tile(tile)
         self.check_seed(seed)
-        return self.upscale_pixels(lr, hr_size, tile, seed, temperature)
+        return self.upscale_pixels(lr, hr_size, tile, seed, temperature, jpeg_quality)
 
     # -- checked sizes, uint8 or float pixels on any device --------------------------------
 
@@ -165,15 +168,18 @@ class Rescaler:
         tile: int | None = None,
         seed: int | None = None,
         temperature: float = 1.0,
+        jpeg_quality: int | None = None,
     ) -> torch.Tensor:
-        """LR (B, 3, h, w) uint8, or float in [0, 1] -> HR (B, 3, H, W) float, clamped to [0, 1]."""
+        """LR (B, 3, h, w) uint8, or float in [0, 1] -> HR (B, 3, H, W) float, clamped to [0, 1];
+        `jpeg_quality` as in `upscale`."""
         lr = lr.to(self.device)
         lr_size = (lr.shape[-2], lr.shape[-1])
+        network = self.network.upscaler_for(jpeg_quality)
         if self.whole_image(hr_size, tile, lr_size):
             noise = seeded_noise(seed, temperature, (0, 0))
-            hr = self.network.up_region(as_float(lr, self.network.state_dtype), hr_size, lr_size, noise=noise)
+            hr = network.up_region(as_float(lr, network.state_dtype), hr_size, lr_size, noise=noise)
             return hr.clamp_(0, 1)
-        return tiled_upscale(self.network, lr, hr_size, tile, seed, temperature)
+        return tiled_upscale(network, lr, hr_size, tile, seed, temperature)
 
     def whole_image(self, hr_size: Size, tile: int | None, lr_size: Size | None = None) -> bool:
         """The tiling policy: whole images unless `tile` is given or the image is too large

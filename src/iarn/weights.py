@@ -20,12 +20,14 @@ from safetensors.torch import load_file, save_file
 
 from .files import atomic_write
 from .model import IARN, ModelConfig
+from .model.bands import bands_from_json, bands_to_json
 from .model.corrector import CorrectorConfig
 
 FORMAT = "iarn"
 FORMAT_VERSION = "1"
 BUNDLED = ("default", "jpeg", "naive-x2")
 LOSSY_MODEL = "jpeg"  # the bundled model trained with JPEG between its two directions (docs/results.md)
+BAND_DTYPE = torch.float16  # upscaler bands (model/bands.py) are stored so: half the bytes of float32
 SAME_UPSCALER_KEY = "same_upscaler_as"  # JSON list of the HASHes of files with this file's upscaler
 
 
@@ -46,11 +48,16 @@ def save_weights(
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": model.config.to_json()}
     if model.corrector is not None:
         metadata["corrector"] = model.corrector.config.to_json()
+    if model.bands:
+        metadata["bands"] = bands_to_json(model.bands)
     if training is not None:
         metadata["training"] = json.dumps(training, sort_keys=True)
     if same_upscaler_as is not None:
         metadata[SAME_UPSCALER_KEY] = json.dumps(sorted(_upscaler_set(Path(same_upscaler_as).resolve())))
-    tensors = {name: t.detach().to("cpu", torch.float32).contiguous() for name, t in model.state_dict().items()}
+    tensors = {
+        name: t.detach().to("cpu", BAND_DTYPE if name.startswith("band_networks.") else torch.float32).contiguous()
+        for name, t in model.state_dict().items()
+    }
     check_finite(tensors, path)
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
@@ -94,10 +101,11 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
         config = ModelConfig.from_stored(json.loads(metadata["config"]))
         corrector = metadata.get("corrector")
         corrector = CorrectorConfig.from_dict(json.loads(corrector)) if corrector is not None else None
+        bands = bands_from_json(metadata.get("bands", "[]"))
     except (KeyError, json.JSONDecodeError, TypeError, ValueError) as error:
         raise WeightsError(f"{path}: its config does not fit this iarn: {error}") from None
     with torch.device("meta"):  # shapes only: nothing is allocated before the file is known to fit
-        expected = {name: tuple(t.shape) for name, t in IARN(config, corrector).state_dict().items()}
+        expected = {name: tuple(t.shape) for name, t in IARN(config, corrector, bands).state_dict().items()}
     with safe_open(str(path), framework="pt") as f:
         stored = {name: tuple(f.get_slice(name).get_shape()) for name in f.keys()}
     missing, extra = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
@@ -111,7 +119,7 @@ def load_weights(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     broken = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if broken:
         raise WeightsError(f"{path}: {len(broken)} tensor(s) hold NaN or infinite values, e.g. {broken[0]}")
-    model = IARN(config, corrector)
+    model = IARN(config, corrector, bands)
     model.load_state_dict(tensors)
     return model.to(device).eval()
 

@@ -47,6 +47,8 @@ def run_info(args) -> int:
         print(f"  config {meta.get('config')}")
         if meta.get("corrector"):
             print(f"  LR corrector {meta['corrector']}")
+        for band in json.loads(meta.get("bands", "[]")):
+            print(f"  upscaler for JPEGs of quality {band['low']}-{band['high']} (trained at {band['quality']})")
         if training.get("summary"):
             print(f"  {training['summary']}")
         elif training.get("steps") is not None:
@@ -77,6 +79,12 @@ def run_export(args) -> int:
         print(
             "iarn: note: the downscale graph is the network's forward pass, without its LR corrector "
             "(its LRs restore like `iarn downscale --effort 0`)",
+            file=sys.stderr,
+        )
+    if network.bands:
+        print(
+            "iarn: note: the upscale graph is the network's own inverse, without its upscalers for JPEG LRs "
+            "(a JPEG LR restores like `iarn upscale` of a PNG of its pixels)",
             file=sys.stderr,
         )
     export_onnx(network, down, up)

@@ -13,7 +13,7 @@ import os
 import sys
 from typing import NoReturn
 
-from . import downscale, evaluate, info, roundtrip, train, upscale
+from . import downscale, evaluate, info, roundtrip, train, train_upscaler, upscale
 from .errors import CliError, Parser, memory_advice, one_line
 
 
@@ -30,6 +30,7 @@ def build_parser(train_flags: bool = True) -> argparse.ArgumentParser:
     roundtrip.add_parsers(commands)
     info.add_parsers(commands)
     train.add_parsers(commands, train_flags)
+    train_upscaler.add_parser(commands, train_flags)
     evaluate.add_parser(commands)
     return parser
 
@@ -43,13 +44,15 @@ COMMANDS = {
     "export": info.run_export,
     "train": train.run,
     "train-corrector": train.run_corrector,
+    "train-upscaler": train_upscaler.run,
     "evaluate": evaluate.run,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser(train_flags=argv[:1] in (["train"], ["train-corrector"])).parse_args(argv)  # --help: no torch
+    training = argv[:1] in (["train"], ["train-corrector"], ["train-upscaler"])
+    args = build_parser(train_flags=training).parse_args(argv)  # --help: no torch
     from ..devices import keep_freed_memory
     from ..imageio import ImageError
     from ..weights import WeightsError

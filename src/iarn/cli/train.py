@@ -127,15 +127,20 @@ def corrector_arguments(parser: argparse.ArgumentParser) -> None:
     from ..corrector_train import CorrectorTrainConfig
     from ..model.corrector import CorrectorConfig
 
-    parser.add_argument("--config", metavar="FILE", help="JSON with CorrectorTrainConfig fields (flags override)")
-    parser.add_argument("--resume", action="store_true", help="continue from OUT/corrector-checkpoint.pt if present")
-    parser.add_argument("--init-from", metavar="WEIGHTS", help="start from this weight file's corrector")
-    parser.add_argument(
-        "--max-minutes", type=positive_float, metavar="M", help="end this invocation after M minutes (resumable)"
-    )
+    frozen_run_flags(parser, "CorrectorTrainConfig", "corrector-checkpoint.pt", "start from this file's corrector")
     fields = [f for f in dataclasses.fields(CorrectorTrainConfig) if f.name != "corrector"]
     fields += [f for f in dataclasses.fields(CorrectorConfig) if f.name != "steps"]  # steps: the model's levels
     field_flags(parser, fields)
+
+
+def frozen_run_flags(parser: argparse.ArgumentParser, config: str, checkpoint: str, init_help: str) -> None:
+    """The flags of a run that trains a part beside a frozen network (frozen_train.py)."""
+    parser.add_argument("--config", metavar="FILE", help=f"JSON with {config} fields (flags override)")
+    parser.add_argument("--resume", action="store_true", help=f"continue from OUT/{checkpoint} if present")
+    parser.add_argument("--init-from", metavar="WEIGHTS", help=init_help)
+    parser.add_argument(
+        "--max-minutes", type=positive_float, metavar="M", help="end this invocation after M minutes (resumable)"
+    )
 
 
 def run_corrector(args) -> int:

@@ -86,7 +86,8 @@ def run(args) -> int:
         if size is None:
             raise CliError(f"{source}: no original size given (--size WxH) and none recorded in the file")
         model = pick(picture, source)
-        if picture.lossy and trained_codec(model.path) is None and not warned.is_set():
+        banded = model.network.upscaler_for(picture.jpeg_quality) is not model.network
+        if picture.lossy and trained_codec(model.path) is None and not banded and not warned.is_set():
             warned.set()
             print(
                 f"iarn: warning: {source}: {picture.lossy}, so the detail hidden in the LR is partly lost "

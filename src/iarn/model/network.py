@@ -22,6 +22,7 @@ from torch import nn
 
 from ..fields import check_choice, check_number, from_known_fields
 from ..geometry import Size
+from .bands import UpscalerBand, check_bands
 from .corrector import Corrector, CorrectorConfig
 from .coupling import CouplingBlock
 from .encoding import ENCODINGS, encoding_channels, scale_encoding
@@ -129,7 +130,12 @@ def _full(span: Range | None, size: int) -> Range:
 class IARN(nn.Module):
     """Haar levels with coupling blocks, conditioned on the scale encoding."""
 
-    def __init__(self, config: ModelConfig | None = None, corrector: CorrectorConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ModelConfig | None = None,
+        corrector: CorrectorConfig | None = None,
+        bands: tuple[UpscalerBand, ...] = (),
+    ) -> None:
         super().__init__()
         self.config = config or ModelConfig()
         cfg = self.config
@@ -145,6 +151,28 @@ class IARN(nn.Module):
         # The learned LR encoder on top of the forward pass (model/corrector.py): downscale only,
         # `middle` and `naive` modes; the upscaler never sees it.
         self.corrector = Corrector(corrector) if corrector is not None else None
+        # Upscalers for JPEG LRs by quality (model/bands.py): copies of this network, inverse only.
+        self.bands = check_bands(tuple(bands))
+        self.band_networks = nn.ModuleDict({band.key: IARN(self.config) for band in self.bands}) if bands else None
+
+    def upscaler_for(self, jpeg_quality: int | None) -> IARN:
+        """The network that upscales an LR decoded from a JPEG of about `jpeg_quality` (None:
+        not a JPEG, or its quality unknown): the band that serves it, else this network."""
+        for band in self.bands:
+            if band.serves(jpeg_quality):
+                return self.band_networks[band.key]
+        return self
+
+    def set_bands(self, bands: dict[UpscalerBand, IARN]) -> None:
+        """Replace the bands with these (each an IARN of this config, whose inverse is used)."""
+        for network in bands.values():
+            if network.config != self.config:
+                raise ValueError(f"a band's config {network.config} differs from the network's {self.config}")
+        self.bands = check_bands(tuple(bands))
+        modules = {band.key: IARN(self.config) for band in self.bands}
+        for band, network in bands.items():
+            modules[band.key].stages.load_state_dict(network.stages.state_dict())
+        self.band_networks = nn.ModuleDict(modules).to(self.device) if modules else None
 
     @property
     def state_dtype(self) -> torch.dtype:
