@@ -443,3 +443,13 @@ def test_the_learning_rate_keeps_its_old_name_in_files_and_flags(image_folder, t
     assert main(tiny_train_args(image_folder, out, 2, "--no-progress", "--lr", "3e-4")) == 0
     assert "--lr is now --learning-rate" in capsys.readouterr().err
     assert torch.load(out / "checkpoint.pt", weights_only=True)["train_config"]["learning_rate"] == 3e-4
+
+
+def test_fine_tuning_the_bundled_jpeg_drops_its_bands(image_folder, tmp_path):
+    """Its JPEG upscaler bands were trained against the downscaler this run changes."""
+    from iarn.weights import resolve_weights
+
+    assert load_weights(resolve_weights("jpeg")).bands
+    cfg = small_config(image_folder, tmp_path / "tuned", steps=1, codec="jpeg", crop=32)
+    model = load_weights(train(cfg, init_from="jpeg", progress=False))
+    assert model.bands == () and model.band_networks is None and model.corrector is None

@@ -134,6 +134,7 @@ def build_state(cfg: TrainConfig, device: torch.device, checkpoint: dict | None,
         if model.config != cfg.model:
             raise ValueError(f"{init_from}: its model config {model.config} differs from the run's {cfg.model}")
         model.corrector = None  # it was trained against the upscaler this run changes
+        model.set_bands({})  # and JPEG upscaler bands against the downscaler it changes
     else:
         torch.manual_seed(cfg.seed)
         model = IARN(cfg.model)
