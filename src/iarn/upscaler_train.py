@@ -58,9 +58,9 @@ class UpscalerTrainConfig:
     quality: int = 90
     quality_min: int = 85
     quality_max: int = 95
-    serve_min: int = 83
+    serve_min: int = 86
     serve_max: int = 100
-    steps: int = 5000
+    steps: int = 4500
     batch_size: int = 8
     crop: int = 64
     learning_rate: float = 1e-4

@@ -156,10 +156,14 @@ def run_corrector(args) -> int:
     for f in dataclasses.fields(CorrectorTrainConfig):
         if f.name != "corrector" and getattr(args, f.name, None) is not None:
             values[f.name] = getattr(args, f.name)
-    cfg = CorrectorTrainConfig.from_dict({**values, "corrector": corrector})
+    return run_frozen(train_corrector, CorrectorTrainConfig.from_dict({**values, "corrector": corrector}), args)
+
+
+def run_frozen(train_run, cfg, args) -> int:
+    """Run `train_run` (a trainer of frozen_train.py's kind) on `cfg` with the run flags."""
     if not cfg.data:
         raise CliError("no training data: pass --data DIR (or data: in --config)")
-    final = train_corrector(cfg, resume=args.resume, init_from=args.init_from, max_minutes=args.max_minutes)
+    final = train_run(cfg, resume=args.resume, init_from=args.init_from, max_minutes=args.max_minutes)
     if final is None:
         raise CliError("the run ended before its first step (--max-minutes): no model written")
     print(f"wrote {final}")

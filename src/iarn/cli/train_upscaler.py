@@ -55,6 +55,7 @@ def run(args) -> int:
 
     from ..train_config import read_config_file
     from ..upscaler_train import UpscalerTrainConfig, merge_bands, train_upscaler
+    from .train import run_frozen
 
     values = read_config_file(args.config) if args.config else {}
     for f in dataclasses.fields(UpscalerTrainConfig):
@@ -67,10 +68,4 @@ def run(args) -> int:
         return 0
     if args.serve:
         raise CliError("--serve goes with --merge; a run's band serves --serve-min..--serve-max")
-    if not cfg.data:
-        raise CliError("no training data: pass --data DIR (or data: in --config)")
-    final = train_upscaler(cfg, resume=args.resume, init_from=args.init_from, max_minutes=args.max_minutes)
-    if final is None:
-        raise CliError("the run ended before its first step (--max-minutes): no model written")
-    print(f"wrote {final}")
-    return 0
+    return run_frozen(train_upscaler, cfg, args)
