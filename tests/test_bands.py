@@ -287,3 +287,35 @@ def test_a_band_learns_from_the_lrs_its_base_writes_at_the_default_effort(tmp_pa
         lr = model.downscale(x, scale=scale)
         expected = through_codec_batch(lr, ("jpeg", 85))
         assert torch.equal(written_lr(load_weights(path), x, tuple(lr.shape[-2:]), 85, passes), expected)
+
+
+def test_merging_runs_from_a_banded_base_takes_what_each_run_trained(tmp_path):
+    """Each run's file carries the base's other bands unchanged: merging two runs that retrained
+    one band each keeps both retrained bands, whatever the order."""
+    base_path = tmp_path / "base.safetensors"
+    save_weights(banded_network(), base_path)
+    sources = []
+    for k, quality in enumerate((90, 75)):
+        one = load_weights(base_path)
+        retrained = {b: (randomize(IARN(one.config), seed=20 + k) if b.quality == quality else one.band_networks[b.key])
+                     for b in one.bands}  # fmt: skip
+        one.set_bands(retrained)
+        sources.append(tmp_path / f"q{quality}.safetensors")
+        save_weights(one, sources[-1])
+    for order in (sources, sources[::-1]):
+        merged = load_weights(merge_bands(str(base_path), [str(s) for s in order], tmp_path / "m.safetensors"))
+        for quality, source in zip((90, 75), sources):
+            expected = load_weights(source).band_networks[f"q{quality}"].state_dict()
+            got = merged.band_networks[f"q{quality}"].state_dict()
+            assert all(torch.equal(v, expected[k]) for k, v in got.items()), (quality, order)
+
+
+def test_a_band_that_would_overlap_the_bases_others_is_refused_before_training(image_folder, tmp_path):
+    base = tmp_path / "base.safetensors"
+    save_weights(banded_network(), base)  # bands 90 (83-100) and 75 (60-82)
+    cfg = UpscalerTrainConfig(
+        data=(str(image_folder),), out=str(tmp_path / "run"), base=str(base), quality=90, serve_min=80, crop=32
+    )
+    with pytest.raises(ValueError, match="overlap.*serve-min"):
+        train_upscaler(cfg, clock=iter([]).__next__)  # no step taken: the clock is never read
+    assert not (tmp_path / "run" / "upscaler-log.jsonl").exists()

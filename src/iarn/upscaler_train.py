@@ -36,7 +36,7 @@ from .files import atomic_write
 from .frozen_train import FROZEN_TRAIN_BOUNDS, WHOLE, check_recipe, recipe, run_steps
 from .lr_bound import LR_PSNR_MIN, hold_lr_bound, luma
 from .model import IARN
-from .model.bands import QUALITY_RANGE, UpscalerBand
+from .model.bands import QUALITY_RANGE, UpscalerBand, check_bands
 from .train import next_batch
 from .weights import load_weights, read_metadata, resolve_weights, save_weights, weights_id
 
@@ -150,6 +150,11 @@ def train_upscaler(
     base = load_weights(base_path, device)
     for parameter in base.parameters():
         parameter.requires_grad_(False)
+    kept = tuple(b for b in base.bands if b.quality != cfg.quality)
+    try:  # before any step: the band must fit beside the base's other bands
+        check_bands((*kept, cfg.band))
+    except ValueError as error:
+        raise ValueError(f"{base_path}: {error}; give this band other --serve-min/--serve-max") from None
     band = IARN(base.config).to(device)
     start = base  # its network, not a band it may have: a run from `base` is the same run with or without bands
     if init_from:
@@ -199,8 +204,9 @@ def merge_bands(
 ) -> Path:
     """Write to `out` the weights of `base` with its bands and those of `sources` (files that
     `train_upscaler` wrote from `base`: the same network bit for bit; a source's band replaces
-    one of the same quality). `serve`: by band quality, the JPEG qualities (low, high) it serves,
-    in place of those it was trained to serve."""
+    one of the same quality, but for a band of the base's own that a source only carried over).
+    `serve`: by band quality, the JPEG qualities (low, high) it serves, in place of those it was
+    trained to serve."""
     base_path = resolve_weights(base)
     network = load_weights(base_path)
     bands = {b.quality: (b, network.band_networks[b.key]) for b in network.bands}
@@ -210,8 +216,10 @@ def merge_bands(
         other = load_weights(path)
         if not _same_network(network, other):
             raise ValueError(f"{source}: its network is not that of {base_path}; train its band from that base")
-        bands.update({b.quality: (b, other.band_networks[b.key]) for b in other.bands})
-        records.update(_training(path).get("upscaler_bands", {}))
+        trained = [b for b in other.bands if not _base_band(network, b, other.band_networks[b.key])]
+        bands.update({b.quality: (b, other.band_networks[b.key]) for b in trained})
+        theirs = _training(path).get("upscaler_bands", {})
+        records.update({b.key: theirs[b.key] for b in trained if b.key in theirs})
     for quality, (low, high) in (serve or {}).items():
         if quality not in bands:
             raise ValueError(f"no band trained at quality {quality} to serve {low}-{high} (bands: {sorted(bands)})")
@@ -232,6 +240,16 @@ def _write(
     training["upscaler_bands"] = {**previous, **{k: v for k, v in records.items() if k in kept}}
     save_weights(network, path, training=training, same_upscaler_as=base_path)
     return path
+
+
+def _base_band(base: IARN, band: UpscalerBand, network: IARN) -> bool:
+    """Whether `network` is the base's own band at `band.quality`, bit for bit (a run's file
+    carries the base's other bands unchanged: merging takes only what each run trained)."""
+    own = next((b for b in base.bands if b.quality == band.quality), None)
+    if own is None:
+        return False
+    theirs = network.state_dict()
+    return all(torch.equal(v, theirs[k]) for k, v in base.band_networks[own.key].state_dict().items())
 
 
 def _same_network(first: IARN, second: IARN) -> bool:
